@@ -1,0 +1,56 @@
+"""Alembic environment: migrates the database named by the caller or by DATABASE_URL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from alembic import context
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import NullPool
+
+from service.db import engine as db_engine
+from service.db import models
+
+config = context.config
+target_metadata = models.Base.metadata
+
+
+def include_object(obj, name, type_, reflected, compare_to):  # noqa: ANN001
+    """Keep Procrastinate's tables (installed by their own pinned revision) out of autogenerate."""
+    if type_ == "table":
+        if name.startswith("procrastinate_"):
+            return False
+        if obj is not None and obj.info.get("managed_by") == "procrastinate":
+            return False
+    return True
+
+
+def run_with(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        include_object=include_object,
+        compare_type=True,
+        transaction_per_migration=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_online() -> None:
+    url = config.attributes.get("database_url") or os.environ.get("DATABASE_URL")
+    if not url:
+        raise SystemExit("DATABASE_URL is not set: say which database to migrate.")
+    engine = db_engine.make_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            await conn.run_sync(run_with)
+            await conn.commit()
+    finally:
+        await engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("Offline (--sql) migrations are not supported; run against a database.")
+asyncio.run(run_online())

@@ -1,0 +1,83 @@
+"""Job-type declarations: payload schema, queue, retry policy and timeout, declared once.
+
+The API validates payloads against these declarations; the worker looks up the code that runs
+each type by the same name. Nothing here imports the code that runs a job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Annotated, Any
+
+import msgspec
+
+from service import errors
+from service.domain.retry import RetryPolicy
+
+
+@dataclass(frozen=True)
+class JobType:
+    """What the queue knows about one kind of job."""
+
+    name: str
+    payload: type[msgspec.Struct]
+    description: str
+    queue: str = "default"
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: timedelta = timedelta(minutes=5)
+
+    def validate(self, payload: Any) -> msgspec.Struct:
+        """The payload as this type's schema, or InvalidRequest naming the bad field."""
+        try:
+            return msgspec.convert(payload, self.payload)
+        except msgspec.ValidationError as exc:
+            raise _payload_error(self.name, exc) from exc
+
+
+def _payload_error(type_name: str, exc: msgspec.ValidationError) -> errors.InvalidRequest:
+    # msgspec says "Expected `int`, got `str` - at `$.fail_times`": split message and path.
+    message, _, where = str(exc).partition(" - at `$")
+    path = "payload" + where.rstrip("`")
+    return errors.InvalidRequest(
+        f"Invalid payload for {type_name}: {message} (at {path}).",
+        [errors.FieldError(path, message)],
+    )
+
+
+class NoopPayload(msgspec.Struct, forbid_unknown_fields=True):
+    """`system.noop` takes nothing."""
+
+
+class SleepPayload(msgspec.Struct, forbid_unknown_fields=True):
+    """`system.sleep`: wait, reporting progress; fail the first `fail_times` attempts."""
+
+    seconds: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 1.0
+    fail_times: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
+
+
+SYSTEM_NOOP = JobType(
+    name="system.noop",
+    payload=NoopPayload,
+    description="Does nothing; for tests and benchmarks.",
+    queue="default",
+)
+
+SYSTEM_SLEEP = JobType(
+    name="system.sleep",
+    payload=SleepPayload,
+    description="Sleeps `seconds`, reporting progress; fails its first `fail_times` attempts.",
+    queue="default",
+    retry=RetryPolicy(max_attempts=3, base=timedelta(milliseconds=200)),
+    timeout=timedelta(hours=25),
+)
+
+REGISTRY: dict[str, JobType] = {t.name: t for t in (SYSTEM_NOOP, SYSTEM_SLEEP)}
+
+
+def get(name: str) -> JobType:
+    """The declaration of job type `name`, or UnknownJobType."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise errors.UnknownJobType(name, list(REGISTRY)) from None

@@ -1,0 +1,85 @@
+"""Errors the service reports on purpose; no HTTP status codes in here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ServiceError(Exception):
+    """Base for errors the service reports on purpose."""
+
+
+class NotFound(ServiceError):
+    """No such thing exists."""
+
+
+class JobNotFound(NotFound):
+    """No job exists with this id."""
+
+    def __init__(self, job_id: object) -> None:
+        super().__init__(f"No job with id {job_id}.")
+
+
+@dataclass
+class FieldError:
+    """One invalid field of a request, named by its dotted path."""
+
+    field: str
+    message: str
+
+
+class InvalidRequest(ServiceError):
+    """The request cannot be carried out as written; `fields` says which parts are wrong."""
+
+    def __init__(self, detail: str, fields: list[FieldError] | None = None) -> None:
+        super().__init__(detail)
+        self.fields = fields or []
+
+
+class UnknownJobType(InvalidRequest):
+    """The job type is not declared."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(
+            f"Unknown job type {name!r}. Known types: {', '.join(sorted(known))}.",
+            [FieldError("type", f"must be one of {', '.join(sorted(known))}")],
+        )
+
+
+class Conflict(ServiceError):
+    """The action is not allowed in the current state of the thing."""
+
+
+class InvalidTransition(Conflict):
+    """A job cannot move from its current status to the requested one."""
+
+
+class IdempotencyConflict(Conflict):
+    """An Idempotency-Key was reused with a different request body."""
+
+
+class DatabaseUnavailable(ServiceError):
+    """PostgreSQL cannot be reached right now; the caller may retry later."""
+
+
+class JobFailure(Exception):
+    """Raised by job code to end an attempt with an error of its choosing."""
+
+    retryable: bool = True
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class PermanentJobError(JobFailure):
+    """The job can never succeed with this input: fail it now, do not retry."""
+
+    retryable = False
+
+
+class TransientJobError(JobFailure):
+    """The job may succeed if tried again later."""
+
+    retryable = True
