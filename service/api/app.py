@@ -1,0 +1,56 @@
+"""The Litestar application factory: wires routes, error mapping and the backend."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from service.api import errors as api_errors
+from service.api import jobs as job_routes
+from service.api import ops
+from service.backend import Backend
+from service.settings import Settings
+
+
+def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
+    """The API. Opens its own Backend on start-up unless one is given (tests, `jobq up`)."""
+    owns_backend = backend is None
+
+    async def open_backend(app: Litestar) -> None:
+        if owns_backend:
+            assert settings.database_url, "the database URL is resolved before the app starts"
+            app.state.backend = await Backend.open(settings.database_url, settings.pool_size)
+        else:
+            app.state.backend = backend
+
+    async def close_backend(app: Litestar) -> None:
+        if owns_backend and getattr(app.state, "backend", None) is not None:
+            await app.state.backend.close()
+
+    def provide_backend(state: State) -> Backend:
+        return state.backend
+
+    return Litestar(
+        route_handlers=[
+            job_routes.JobsController,
+            ops.QueuesController,
+            ops.list_workers,
+            ops.health,
+            ops.ready,
+        ],
+        dependencies={"backend": Provide(provide_backend, sync_to_thread=False)},
+        exception_handlers=api_errors.EXCEPTION_HANDLERS,
+        on_startup=[open_backend],
+        on_shutdown=[close_backend],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="jobq",
+            version="0.1.0",
+            description="A job queue that needs nothing but PostgreSQL.",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+    )

@@ -1,0 +1,100 @@
+"""Routes of `/api/v1/jobs`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from litestar import Controller, Response, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, Parameter
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from service import errors, jobs
+from service.api import schemas
+from service.backend import Backend
+from service.domain.status import Status
+
+Idempotency = Annotated[
+    str | None,
+    Parameter(header="Idempotency-Key", required=False,
+              description="Replays with the same key and body return the first job."),
+]
+
+
+class JobsController(Controller):
+    path = f"{schemas.API}/jobs"
+    tags = ["jobs"]
+
+    @post("/", status_code=HTTP_201_CREATED, summary="Submit a job")
+    async def submit(
+        self,
+        backend: NamedDependency[Backend],
+        data: schemas.JobSubmission,
+        idempotency_key: Idempotency = None,
+    ) -> Response[dict[str, Any]]:
+        job, created = await jobs.submit_job(backend, data.to_request(), idempotency_key)
+        body = schemas.job_json(job)
+        return Response(
+            body,
+            status_code=HTTP_201_CREATED if created else HTTP_200_OK,
+            headers={"Location": body["links"]["self"]},
+        )
+
+    @post("/batch", status_code=HTTP_201_CREATED, summary="Submit up to 1000 jobs, all or none")
+    async def submit_batch(
+        self, backend: NamedDependency[Backend], data: schemas.BatchSubmission
+    ) -> dict[str, list[str]]:
+        ids = await jobs.submit_batch(backend, [j.to_request() for j in data.jobs])
+        return {"ids": [str(i) for i in ids]}
+
+    @get("/", summary="List jobs, newest first")
+    async def list_jobs(
+        self,
+        backend: NamedDependency[Backend],
+        status: Status | None = None,
+        job_type: Annotated[str | None, Parameter(query="type")] = None,
+        queue: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=jobs.MAX_LIST_LIMIT)] = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        items, next_cursor = await jobs.list_jobs(
+            backend,
+            jobs.JobFilter(status=status, type=job_type, queue=queue,
+                           created_after=created_after, created_before=created_before),
+            limit=limit,
+            cursor=cursor,
+        )
+        return {"items": [schemas.job_json(r) for r in items], "next_cursor": next_cursor}
+
+    @get("/{job_id:str}", summary="Get a job")
+    async def get_job(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
+        return schemas.job_json(await jobs.get_job(backend, _job_id(job_id)))
+
+    @get("/{job_id:str}/history", summary="Every attempt and state change, oldest first")
+    async def history(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
+        return schemas.history_json(await jobs.job_history(backend, _job_id(job_id)))
+
+    @post("/{job_id:str}/cancel", status_code=HTTP_200_OK, summary="Cancel a job")
+    async def cancel(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
+        return schemas.job_json(await jobs.cancel_job(backend, _job_id(job_id)))
+
+    @post("/{job_id:str}/retry", status_code=HTTP_200_OK,
+          summary="Requeue a failed or cancelled job")
+    async def retry(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
+        return schemas.job_json(await jobs.retry_job(backend, _job_id(job_id)))
+
+    @delete("/{job_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Delete a finished job")
+    async def remove(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> None:
+        await jobs.delete_job(backend, _job_id(job_id))
+
+
+def _job_id(raw: str) -> uuid.UUID:
+    # Any malformed id names no job: 404, as for an unknown one.
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise errors.JobNotFound(raw) from None

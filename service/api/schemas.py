@@ -1,0 +1,122 @@
+"""Request bodies and the JSON shapes of responses (see shared API.md)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from service import jobs
+
+API = "/api/v1"
+
+
+class JobSubmission(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of `POST /api/v1/jobs`: the job type, its payload and optional scheduling."""
+
+    type: str
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    queue: str | None = None
+    priority: int = 0
+    run_at: datetime | None = None
+    delay_seconds: float | None = None
+    max_attempts: int | None = None
+    timeout_seconds: float | None = None
+    callback_url: str | None = None
+
+    def to_request(self) -> jobs.JobRequest:
+        return jobs.JobRequest(**msgspec.structs.asdict(self))
+
+
+class BatchSubmission(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of `POST /api/v1/jobs/batch`: up to 1000 jobs, accepted all or nothing."""
+
+    jobs: list[JobSubmission]
+
+
+def timestamp(value: datetime | None) -> str | None:
+    """RFC 3339 UTC."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def job_links(job_id: uuid.UUID) -> dict[str, str]:
+    base = f"{API}/jobs/{job_id}"
+    return {
+        "self": base,
+        "history": f"{base}/history",
+        "stream": f"{base}/stream",
+        "output": f"{base}/output",
+    }
+
+
+def job_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A job_overview row as the public Job object."""
+    return {
+        "id": str(row["id"]),
+        "type": row["type"],
+        "queue": row["queue"],
+        "status": row["status"],
+        "priority": row["priority"],
+        "progress": row["progress"],
+        "stage": row["stage"],
+        "progress_message": row["progress_message"],
+        "attempts": row["attempts"],
+        "max_attempts": row["max_attempts"],
+        "timeout_seconds": row["timeout_seconds"],
+        "cancel_requested": row["cancel_requested"] and row["status"] == "running",
+        "payload": row["payload"],
+        "result": row["result"],
+        "error": row["error"],
+        "created_at": timestamp(row["created_at"]),
+        "scheduled_at": timestamp(row["scheduled_at"]),
+        "started_at": timestamp(row["started_at"]),
+        "finished_at": timestamp(row["finished_at"]),
+        "links": job_links(row["id"]),
+    }
+
+
+def history_json(history: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    return {
+        "items": [
+            {
+                "at": timestamp(e["at"]),
+                "event": e["event"],
+                "attempt": e["attempt"],
+                "worker": e["worker_name"],
+                "message": e["message"],
+                "error": e["error"],
+            }
+            for e in history["events"]
+        ],
+        "attempts": [
+            {
+                "number": a["number"],
+                "worker": a["worker_name"],
+                "worker_id": a["worker_id"],
+                "started_at": timestamp(a["started_at"]),
+                "finished_at": timestamp(a["finished_at"]),
+                "outcome": a["outcome"],
+                "error": a["error"],
+            }
+            for a in history["attempts"]
+        ],
+    }
+
+
+def worker_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "host": row["host"],
+        "pid": row["pid"],
+        "queues": row["queues"],
+        "concurrency": row["concurrency"],
+        "started_at": timestamp(row["started_at"]),
+        "last_heartbeat": timestamp(row["last_heartbeat"]),
+        "heartbeat_age_seconds": round(float(row["heartbeat_age_seconds"]), 3),
+        "running_jobs": [str(j) for j in row["running_jobs"]],
+    }

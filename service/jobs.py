@@ -1,0 +1,374 @@
+"""The use-cases the API calls: submit, get, list, history, cancel, retry, delete."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+from procrastinate import jobs as pq_jobs
+
+from service import errors
+from service.backend import Backend
+from service.db import engine as db_engine
+from service.domain import jobtypes
+from service.domain.status import RETRYABLE_BY_CLIENT, Status
+
+MAX_BATCH = 1000
+MAX_LIST_LIMIT = 500
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A client's request for one job, before validation against its type."""
+
+    type: str
+    payload: Any = field(default_factory=dict)
+    queue: str | None = None
+    priority: int = 0
+    run_at: datetime | None = None
+    delay_seconds: float | None = None
+    max_attempts: int | None = None
+    timeout_seconds: float | None = None
+    callback_url: str | None = None
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A validated request, ready to write."""
+
+    id: uuid.UUID
+    type: str
+    queue: str
+    priority: int
+    payload: dict[str, Any]
+    scheduled_at: datetime | None
+    max_attempts: int
+    timeout_seconds: float
+    callback_url: str | None
+    fingerprint: str
+
+
+def _plan(request: JobRequest, prefix: str = "") -> _Planned:
+    """Validate a request against its job type's declaration and fill in the defaults."""
+    job_type = jobtypes.get(request.type)
+    try:
+        payload = msgspec.to_builtins(job_type.validate(request.payload))
+    except errors.InvalidRequest as exc:
+        if prefix:
+            for f in exc.fields:
+                f.field = prefix + f.field
+        raise
+    queue = request.queue or job_type.queue
+    problems: list[errors.FieldError] = []
+    if not QUEUE_NAME.match(queue):
+        problems.append(errors.FieldError(
+            prefix + "queue", "must be 1-128 letters, digits, '_', '.' or '-'"))
+    if not -1000 <= request.priority <= 1000:
+        problems.append(errors.FieldError(prefix + "priority", "must be between -1000 and 1000"))
+    if request.run_at is not None and request.delay_seconds is not None:
+        problems.append(errors.FieldError(prefix + "run_at", "give run_at or delay_seconds, not both"))
+    if request.delay_seconds is not None and not 0 <= request.delay_seconds <= 366 * 86400:
+        problems.append(errors.FieldError(
+            prefix + "delay_seconds", "must be between 0 and 31622400 (a year)"))
+    if request.run_at is not None and request.run_at.tzinfo is None:
+        problems.append(errors.FieldError(
+            prefix + "run_at", "must carry a time zone, e.g. 2026-01-01T12:00:00Z"))
+    max_attempts = request.max_attempts or job_type.retry.max_attempts
+    if not 1 <= max_attempts <= 100:
+        problems.append(errors.FieldError(prefix + "max_attempts", "must be between 1 and 100"))
+    timeout = request.timeout_seconds or job_type.timeout.total_seconds()
+    if not 0 < timeout <= 7 * 86400:
+        problems.append(errors.FieldError(
+            prefix + "timeout_seconds", "must be more than 0 and at most 604800 (a week)"))
+    if request.callback_url is not None and not request.callback_url.startswith(
+        ("http://", "https://")
+    ):
+        problems.append(errors.FieldError(prefix + "callback_url", "must be an http(s) URL"))
+    if problems:
+        raise errors.InvalidRequest(
+            "; ".join(f"{p.field}: {p.message}" for p in problems), problems)
+
+    scheduled_at = request.run_at
+    if request.delay_seconds:
+        scheduled_at = datetime.now(UTC) + timedelta(seconds=request.delay_seconds)
+    fingerprint = hashlib.sha256(
+        msgspec.json.encode([request.type, payload, queue, request.priority,
+                             request.run_at, request.delay_seconds, max_attempts, timeout,
+                             request.callback_url], order="sorted")
+    ).hexdigest()
+    return _Planned(
+        id=uuid.uuid4(), type=request.type, queue=queue, priority=request.priority,
+        payload=payload, scheduled_at=scheduled_at, max_attempts=max_attempts,
+        timeout_seconds=timeout, callback_url=request.callback_url, fingerprint=fingerprint,
+    )
+
+
+_INSERT_JOBS = """
+WITH inserted AS (
+    INSERT INTO jobs (id, queue_job_id, payload, max_attempts, timeout_seconds, callback_url,
+                      idempotency_key, request_fingerprint)
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::jsonb[], $4::int[], $5::float8[],
+                         $6::text[], $7::text[], $8::text[])
+    RETURNING id
+)
+INSERT INTO job_events (job_id, event) SELECT id, 'submitted' FROM inserted
+"""
+
+
+async def _write(
+    conn: asyncpg.Connection, backend: Backend, planned: list[_Planned], key: str | None
+) -> None:
+    """Our rows and the Procrastinate jobs, on the caller's connection and transaction."""
+    deferred = await backend.queue.job_manager.batch_defer_jobs_async(
+        [
+            pq_jobs.Job(
+                id=None, queue=p.queue, task_name=p.type, priority=p.priority, lock=None,
+                queueing_lock=None, task_kwargs={}, scheduled_at=p.scheduled_at,
+            )
+            for p in planned
+        ],
+        connection=conn,
+    )
+    await conn.execute(
+        _INSERT_JOBS,
+        [p.id for p in planned],
+        [d.id for d in deferred],
+        [db_engine.dumps(p.payload) for p in planned],
+        [p.max_attempts for p in planned],
+        [p.timeout_seconds for p in planned],
+        [p.callback_url for p in planned],
+        [key] * len(planned),
+        [p.fingerprint if key else None for p in planned],
+    )
+
+
+async def submit_job(
+    backend: Backend, request: JobRequest, idempotency_key: str | None = None
+) -> tuple[dict[str, Any], bool]:
+    """Accept one job; returns the job and whether it was created now (False: a replay)."""
+    planned = _plan(request)
+    if idempotency_key is not None:
+        if not 1 <= len(idempotency_key) <= 255:
+            raise errors.InvalidRequest("The Idempotency-Key header must be 1-255 characters.")
+        existing = await _replayed(backend, idempotency_key, planned.fingerprint)
+        if existing is not None:
+            return existing, False
+    try:
+        async with backend.transaction() as conn:
+            await _write(conn, backend, [planned], idempotency_key)
+    except asyncpg.UniqueViolationError as exc:
+        # Another request with the same key won the race: answer as its replay.
+        if idempotency_key is None or exc.constraint_name != "uq_jobs_idempotency_key":
+            raise
+        existing = await _replayed(backend, idempotency_key, planned.fingerprint)
+        assert existing is not None
+        return existing, False
+    return await get_job(backend, planned.id), True
+
+
+async def _replayed(backend: Backend, key: str, fingerprint: str) -> dict[str, Any] | None:
+    async with backend.connection() as conn:
+        row = await conn.fetchrow(
+            "SELECT id, request_fingerprint FROM jobs WHERE idempotency_key = $1", key
+        )
+    if row is None:
+        return None
+    if row["request_fingerprint"] != fingerprint:
+        raise errors.IdempotencyConflict(
+            "This Idempotency-Key was already used with a different request; "
+            "send the same body again or use a new key."
+        )
+    return await get_job(backend, row["id"])
+
+
+async def submit_batch(backend: Backend, requests: list[JobRequest]) -> list[uuid.UUID]:
+    """Accept up to MAX_BATCH jobs, all or nothing."""
+    if not 1 <= len(requests) <= MAX_BATCH:
+        raise errors.InvalidRequest(
+            f"A batch holds 1 to {MAX_BATCH} jobs; this one has {len(requests)}.",
+            [errors.FieldError("jobs", f"must hold 1 to {MAX_BATCH} jobs")],
+        )
+    planned = [_plan(r, prefix=f"jobs[{i}].") for i, r in enumerate(requests)]
+    async with backend.transaction() as conn:
+        await _write(conn, backend, planned, None)
+    return [p.id for p in planned]
+
+
+async def get_job(backend: Backend, job_id: uuid.UUID) -> dict[str, Any]:
+    async with backend.connection() as conn:
+        row = await conn.fetchrow("SELECT * FROM job_overview WHERE id = $1", job_id)
+    if row is None:
+        raise errors.JobNotFound(job_id)
+    return dict(row)
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    status: Status | None = None
+    type: str | None = None
+    queue: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def encode_cursor(row: dict[str, Any]) -> str:
+    raw = msgspec.json.encode([row["created_at"].isoformat(), str(row["id"])])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, job_id = msgspec.json.decode(raw)
+        return datetime.fromisoformat(created_at), uuid.UUID(job_id)
+    except (ValueError, TypeError, msgspec.DecodeError):
+        raise errors.InvalidRequest(
+            "The cursor is not one this API returned; pass next_cursor from the last page.",
+            [errors.FieldError("cursor", "unrecognised cursor")],
+        ) from None
+
+
+async def list_jobs(
+    backend: Backend, filters: JobFilter, limit: int = 50, cursor: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Jobs newest first, one page; the second value is the cursor of the next page."""
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise errors.InvalidRequest(
+            f"limit must be between 1 and {MAX_LIST_LIMIT}.",
+            [errors.FieldError("limit", f"must be between 1 and {MAX_LIST_LIMIT}")],
+        )
+    after = decode_cursor(cursor) if cursor else (None, None)
+    rows = await _fetch(
+        backend,
+        """
+        SELECT * FROM job_overview
+        WHERE ($1::text IS NULL OR status = $1)
+          AND ($2::text IS NULL OR type = $2)
+          AND ($3::text IS NULL OR queue = $3)
+          AND ($4::timestamptz IS NULL OR created_at > $4)
+          AND ($5::timestamptz IS NULL OR created_at < $5)
+          AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid))
+        ORDER BY created_at DESC, id DESC
+        LIMIT $8
+        """,
+        filters.status.value if filters.status else None, filters.type, filters.queue,
+        filters.created_after, filters.created_before, after[0], after[1], limit + 1,
+    )
+    items = rows[:limit]
+    return items, encode_cursor(items[-1]) if len(rows) > limit else None
+
+
+async def _fetch(backend: Backend, query: str, *args: Any) -> list[dict[str, Any]]:
+    async with backend.connection() as conn:
+        return [dict(r) for r in await conn.fetch(query, *args)]
+
+
+async def job_history(backend: Backend, job_id: uuid.UUID) -> dict[str, list[dict[str, Any]]]:
+    """Every state change and every attempt of a job, oldest first."""
+    await get_job(backend, job_id)
+    events = await _fetch(
+        backend,
+        "SELECT at, event, attempt, worker_name, message, error FROM job_events "
+        "WHERE job_id = $1 ORDER BY id",
+        job_id,
+    )
+    attempts = await _fetch(
+        backend,
+        "SELECT number, worker_id, worker_name, started_at, finished_at, outcome, error "
+        "FROM job_attempts WHERE job_id = $1 ORDER BY number",
+        job_id,
+    )
+    return {"events": events, "attempts": attempts}
+
+
+async def _lock_job(conn: asyncpg.Connection, job_id: uuid.UUID) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        """
+        SELECT pj.id AS queue_job_id, pj.status::text AS queue_status, pj.abort_requested,
+               pj.queue_name, v.status
+        FROM jobs j
+        JOIN procrastinate_jobs pj ON pj.id = j.queue_job_id
+        JOIN job_overview v ON v.id = j.id
+        WHERE j.id = $1
+        FOR UPDATE OF pj
+        """,
+        job_id,
+    )
+    if row is None:
+        raise errors.JobNotFound(job_id)
+    return row
+
+
+async def cancel_job(backend: Backend, job_id: uuid.UUID) -> dict[str, Any]:
+    """Queued or scheduled: cancelled now. Running: its worker is told to stop."""
+    async with backend.transaction() as conn:
+        row = await _lock_job(conn, job_id)
+        status = Status(row["status"])
+        if status.is_terminal:
+            raise errors.InvalidTransition(
+                f"Job {job_id} is {status.value}; only queued, scheduled or running jobs "
+                "can be cancelled."
+            )
+        if not row["abort_requested"]:
+            await backend.queue.job_manager.cancel_job_by_id_async(
+                row["queue_job_id"], abort=True, connection=conn
+            )
+            event = "cancel_requested" if status is Status.RUNNING else "cancelled"
+            await conn.execute(
+                "INSERT INTO job_events (job_id, event, message) VALUES ($1, $2, $3)",
+                job_id, event, "cancelled by a client",
+            )
+    return await get_job(backend, job_id)
+
+
+async def retry_job(backend: Backend, job_id: uuid.UUID) -> dict[str, Any]:
+    """A failed or cancelled job goes back to the queue with a fresh attempt budget."""
+    async with backend.transaction() as conn:
+        row = await _lock_job(conn, job_id)
+        status = Status(row["status"])
+        if status not in RETRYABLE_BY_CLIENT:
+            raise errors.InvalidTransition(
+                f"Job {job_id} is {status.value}; only failed or cancelled jobs can be retried."
+            )
+        await conn.execute(
+            """
+            UPDATE procrastinate_jobs SET status = 'todo', attempts = 0, scheduled_at = NULL,
+                abort_requested = false, worker_id = NULL
+            WHERE id = $1
+            """,
+            row["queue_job_id"],
+        )
+        await conn.execute(
+            "UPDATE jobs SET progress = 0, stage = NULL, progress_message = NULL, result = NULL "
+            "WHERE id = $1",
+            job_id,
+        )
+        await conn.execute(
+            "INSERT INTO job_events (job_id, event, message) VALUES ($1, 'retried', $2)",
+            job_id, "retried by a client with a fresh attempt budget",
+        )
+        await conn.execute(
+            "SELECT jobq_notify_requeued($1, $2)", row["queue_name"], row["queue_job_id"]
+        )
+    return await get_job(backend, job_id)
+
+
+async def delete_job(backend: Backend, job_id: uuid.UUID) -> None:
+    """Remove a finished job with everything recorded about it."""
+    async with backend.transaction() as conn:
+        row = await _lock_job(conn, job_id)
+        if not Status(row["status"]).is_terminal:
+            raise errors.InvalidTransition(
+                f"Job {job_id} is {row['status']}; cancel it first, then delete it."
+            )
+        # Our rows follow through ON DELETE CASCADE.
+        await conn.execute("DELETE FROM procrastinate_jobs WHERE id = $1", row["queue_job_id"])
+

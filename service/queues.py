@@ -1,0 +1,84 @@
+"""Queue-level use-cases: statistics, pause and resume, live workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service import errors
+from service.backend import Backend
+from service.domain.status import Status
+from service.jobs import QUEUE_NAME
+
+_STATS = """
+WITH counts AS (
+    -- job_overview owns the mapping from queue state to public status.
+    SELECT queue, status, count(*) AS n FROM job_overview GROUP BY queue, status
+), names AS (
+    SELECT queue AS name FROM counts UNION SELECT name FROM queues
+)
+SELECT n.name,
+       COALESCE(q.paused, false) AS paused,
+       COALESCE((SELECT jsonb_object_agg(c.status, c.n) FROM counts c WHERE c.queue = n.name),
+                '{}') AS counts,
+       (SELECT extract(epoch FROM now() - min(COALESCE(pj.scheduled_at, j.created_at)))
+          FROM procrastinate_jobs pj JOIN jobs j ON j.queue_job_id = pj.id
+         WHERE pj.queue_name = n.name AND pj.status = 'todo'
+           AND (pj.scheduled_at IS NULL OR pj.scheduled_at <= now())) AS oldest_queued_age_seconds,
+       (SELECT extract(epoch FROM now() - min(a.started_at))
+          FROM procrastinate_jobs pj JOIN jobs j ON j.queue_job_id = pj.id
+          JOIN job_attempts a ON a.job_id = j.id AND a.finished_at IS NULL
+         WHERE pj.queue_name = n.name AND pj.status = 'doing') AS oldest_running_age_seconds
+FROM names n
+LEFT JOIN queues q ON q.name = n.name
+ORDER BY n.name
+"""
+
+
+async def queue_stats(backend: Backend) -> list[dict[str, Any]]:
+    """Every queue that has jobs or settings, with counts per public status."""
+    async with backend.connection() as conn:
+        rows = [dict(r) for r in await conn.fetch(_STATS)]
+    for row in rows:
+        counts = row["counts"]
+        row["counts"] = {s.value: int(counts.get(s.value, 0)) for s in Status}
+        for key in ("oldest_queued_age_seconds", "oldest_running_age_seconds"):
+            if row[key] is not None:
+                row[key] = round(float(row[key]), 3)
+    return rows
+
+
+async def set_paused(backend: Backend, name: str, paused: bool) -> dict[str, Any]:
+    """Pause or resume a queue for every worker; persists across restarts."""
+    if not QUEUE_NAME.match(name):
+        raise errors.InvalidRequest(
+            "Queue names are 1-128 letters, digits, '_', '.' or '-'.",
+            [errors.FieldError("name", "invalid queue name")],
+        )
+    async with backend.connection() as conn:
+        await conn.execute(
+            """
+            INSERT INTO queues (name, paused, updated_at) VALUES ($1, $2, now())
+            ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = now()
+            """,
+            name, paused,
+        )
+    return next(q for q in await queue_stats(backend) if q["name"] == name)
+
+
+async def live_workers(backend: Backend) -> list[dict[str, Any]]:
+    """Registered workers with their heartbeat age and running jobs."""
+    async with backend.connection() as conn:
+        rows = await conn.fetch(
+            """
+            SELECT w.id, w.name, w.host, w.pid, w.queues, w.concurrency, w.started_at,
+                   pw.last_heartbeat,
+                   extract(epoch FROM now() - pw.last_heartbeat) AS heartbeat_age_seconds,
+                   COALESCE((SELECT array_agg(j.id ORDER BY j.id)
+                               FROM procrastinate_jobs pj JOIN jobs j ON j.queue_job_id = pj.id
+                              WHERE pj.worker_id = w.id AND pj.status = 'doing'),
+                            '{}') AS running_jobs
+            FROM workers w JOIN procrastinate_workers pw ON pw.id = w.id
+            ORDER BY w.started_at
+            """
+        )
+    return [dict(r) for r in rows]
