@@ -6,7 +6,7 @@ import logging
 import re
 from typing import Any
 
-from litestar import MediaType, Request, Response
+from litestar import Request, Response
 from litestar.exceptions import (
     HTTPException,
     NotFoundException,
@@ -89,20 +89,21 @@ def _validation_fields(exc: ValidationException) -> list[errors.FieldError]:
         match = _AT.match(message)
         if match:
             message, key = match["message"], match["path"] or key
-        fields.append(errors.FieldError(str(key or "body"), message))
+        # Litestar names the whole body "data".
+        field = "body" if key in (None, "", "data") else str(key)
+        fields.append(errors.FieldError(field, message))
     return fields
 
 
 def _http_error(_: Request, exc: HTTPException) -> Response:
     if isinstance(exc, ValidationException):
         fields = _validation_fields(exc)
-        if not fields and "malformed" in str(exc.detail).lower():
+        if not fields:
+            # No field to blame: the body did not parse at all.
             return problem(
                 HTTP_400_BAD_REQUEST,
-                "The request body is not valid JSON; send a JSON object.",
+                f"The request body is not valid JSON ({exc.detail}); send a JSON object.",
             )
-        if not fields:
-            return problem(HTTP_400_BAD_REQUEST, str(exc.detail))
         detail = "; ".join(f"{f.field}: {f.message}" for f in fields)
         return problem(HTTP_422_UNPROCESSABLE_ENTITY, f"Invalid request: {detail}.", fields)
     if isinstance(exc, NotFoundException):
@@ -122,4 +123,3 @@ EXCEPTION_HANDLERS = {
     Exception: _unexpected,
 }
 
-__all__ = ["EXCEPTION_HANDLERS", "PROBLEM", "MediaType", "problem"]

@@ -70,13 +70,20 @@ def job_json(row: dict[str, Any]) -> dict[str, Any]:
         "cancel_requested": row["cancel_requested"] and row["status"] == "running",
         "payload": row["payload"],
         "result": row["result"],
-        "error": row["error"],
+        "error": public_error(row["error"]),
         "created_at": timestamp(row["created_at"]),
         "scheduled_at": timestamp(row["scheduled_at"]),
         "started_at": timestamp(row["started_at"]),
         "finished_at": timestamp(row["finished_at"]),
         "links": job_links(row["id"]),
     }
+
+
+def public_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The job's error without its traceback (that stays in the history's attempts)."""
+    if error is None:
+        return None
+    return {k: error[k] for k in ("type", "message", "retryable") if k in error}
 
 
 def history_json(history: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -88,7 +95,7 @@ def history_json(history: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 "attempt": e["attempt"],
                 "worker": e["worker_name"],
                 "message": e["message"],
-                "error": e["error"],
+                "error": public_error(e["error"]),
             }
             for e in history["events"]
         ],

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+
+from service import errors
+
+# Errors that may pass if the job is tried again later. Nothing else is retried: a bug or bad
+# input fails the job for good with its reason, instead of looping.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    errors.TransientJobError,
+    errors.DatabaseUnavailable,
+    ConnectionError,
+)
 
 
 @dataclass(frozen=True)
@@ -22,6 +32,15 @@ class RetryPolicy:
 
     jitter: float = 0.2
     """Each wait is shortened by a random share up to this fraction (default 20 %)."""
+
+    transient: tuple[type[BaseException], ...] = field(default=TRANSIENT)
+    """Exception types that earn another attempt (default: TRANSIENT)."""
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        """Whether an attempt that raised `exc` may be tried again."""
+        if isinstance(exc, errors.JobFailure):
+            return exc.retryable
+        return isinstance(exc, self.transient)
 
     def should_retry(self, attempt: int, retryable: bool, max_attempts: int | None = None) -> bool:
         """Whether attempt number `attempt` (1-based), having failed, earns another one."""

@@ -1,0 +1,129 @@
+"""The worker's database calls: claim, finish, progress, heartbeat, recovery.
+
+Every write about a job carries the attempt id handed out at claim time; the database refuses
+it once that attempt is no longer open (see jobq_finish_attempt), which fences off a worker that
+was presumed dead and woke up.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from service.db import engine as db_engine
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job this worker holds the lease of."""
+
+    attempt_id: int
+    job_id: uuid.UUID
+    attempt: int
+    """Number of this attempt across the job's life (1 for the first run)."""
+    budget_attempt: int
+    """Number of this attempt within the current budget (a manual retry restarts it at 1)."""
+    task_name: str
+    queue_name: str
+    payload: dict[str, Any]
+    max_attempts: int
+    timeout_seconds: float
+
+
+async def register(conn: asyncpg.Connection, name: str, host: str, pid: int,
+                   queues: list[str], concurrency: int) -> int:
+    """Register a worker and describe it; returns its id."""
+    async with conn.transaction():
+        worker_id = await conn.fetchval("SELECT worker_id FROM procrastinate_register_worker_v1()")
+        await conn.execute(
+            "INSERT INTO workers (id, name, host, pid, queues, concurrency) "
+            "VALUES ($1, $2, $3, $4, $5, $6)",
+            worker_id, name, host, pid, queues, concurrency,
+        )
+    return worker_id
+
+
+async def unregister(conn: asyncpg.Connection, worker_id: int) -> None:
+    await conn.execute("SELECT procrastinate_unregister_worker_v1($1)", worker_id)
+
+
+async def heartbeat(conn: asyncpg.Connection, worker_id: int) -> bool:
+    """Prove this worker is alive; False if it was already declared dead and removed."""
+    row = await conn.fetchval(
+        "UPDATE procrastinate_workers SET last_heartbeat = now() WHERE id = $1 RETURNING id",
+        worker_id,
+    )
+    return row is not None
+
+
+async def claim(conn: asyncpg.Connection, worker_id: int, worker_name: str,
+                queues: list[str] | None, limit: int) -> list[Claimed]:
+    """Take up to `limit` due jobs in one round trip."""
+    rows = await conn.fetch(
+        "SELECT * FROM jobq_claim_jobs($1, $2, $3, $4)", queues, worker_id, worker_name, limit
+    )
+    return [Claimed(**dict(r)) for r in rows]
+
+
+async def finish(conn: asyncpg.Connection, attempt_id: int, outcome: str,
+                 result: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+                 retry_at: datetime | None = None) -> bool:
+    """Record an attempt's outcome; False if the lease was lost (the write is refused)."""
+    return await conn.fetchval(
+        "SELECT jobq_finish_attempt($1, $2, $3, $4, $5)",
+        attempt_id,
+        outcome,
+        None if result is None else db_engine.dumps(result),
+        None if error is None else db_engine.dumps(error),
+        retry_at,
+    )
+
+
+async def write_progress(conn: asyncpg.Connection, attempt_id: int, percent: int,
+                         stage: str | None, message: str | None) -> bool:
+    """Store a job's progress; False if the lease was lost."""
+    status = await conn.execute(
+        """
+        UPDATE jobs SET progress = $2, stage = $3, progress_message = $4,
+                        progress_updated_at = now()
+        FROM job_attempts a
+        WHERE a.id = $1 AND a.finished_at IS NULL AND jobs.id = a.job_id
+        """,
+        attempt_id, percent, stage, message,
+    )
+    return status != "UPDATE 0"
+
+
+async def abort_requested(conn: asyncpg.Connection, worker_id: int) -> set[int]:
+    """Attempt ids of this worker's jobs that a client asked to cancel."""
+    rows = await conn.fetch(
+        """
+        SELECT a.id FROM procrastinate_jobs pj
+        JOIN jobs j ON j.queue_job_id = pj.id
+        JOIN job_attempts a ON a.job_id = j.id AND a.finished_at IS NULL
+        WHERE pj.worker_id = $1 AND pj.status = 'doing' AND pj.abort_requested
+        """,
+        worker_id,
+    )
+    return {r["id"] for r in rows}
+
+
+async def attempt_of_queue_job(conn: asyncpg.Connection, queue_job_id: int) -> int | None:
+    """The open attempt of a Procrastinate job, if any."""
+    return await conn.fetchval(
+        "SELECT a.id FROM jobs j JOIN job_attempts a ON a.job_id = j.id "
+        "AND a.finished_at IS NULL WHERE j.queue_job_id = $1",
+        queue_job_id,
+    )
+
+
+async def recover_stalled(conn: asyncpg.Connection, stall_seconds: float) -> list[dict[str, Any]]:
+    """Requeue (or fail) jobs of dead workers, then forget those workers."""
+    async with conn.transaction():
+        rows = await conn.fetch("SELECT * FROM jobq_recover_stalled($1)", stall_seconds)
+        await conn.execute("SELECT procrastinate_prune_stalled_workers_v1($1)", stall_seconds)
+    return [dict(r) for r in rows]

@@ -1,0 +1,29 @@
+"""Built-in job types for tests and benchmarks: system.noop and system.sleep."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from service import errors
+from service.domain.jobtypes import NoopPayload, SleepPayload
+from workers.progress import JobRun
+
+
+async def noop(run: JobRun, payload: NoopPayload) -> None:
+    """Does nothing."""
+
+
+async def sleep(run: JobRun, payload: SleepPayload) -> dict:
+    """Sleeps, reporting progress; fails its first `fail_times` attempts."""
+    if run.attempt <= payload.fail_times:
+        raise errors.TransientJobError(
+            f"failing on purpose: attempt {run.attempt} of the first {payload.fail_times}"
+        )
+    started = time.monotonic()
+    steps = max(1, min(100, int(payload.seconds * 10)))
+    await run.progress(0, stage="sleeping")
+    for step in range(1, steps + 1):
+        await asyncio.sleep(payload.seconds / steps)
+        await run.progress(100 * step / steps, stage="sleeping")
+    return {"slept_seconds": round(time.monotonic() - started, 3)}
