@@ -1,0 +1,87 @@
+"""Fixtures for tests against the real database: a backend, a clean slate, an API client,
+and real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from service.api.app import create_app
+from service.backend import Backend
+from service.settings import Settings
+
+TABLES = (
+    "job_events, job_attempts, jobs, queues, workers, procrastinate_events, "
+    "procrastinate_periodic_defers, procrastinate_jobs, procrastinate_workers"
+)
+
+
+@pytest.fixture(scope="session")
+async def backend(database_url: str) -> AsyncIterator[Backend]:
+    backend = await Backend.open(database_url, pool_size=5)
+    yield backend
+    await backend.close()
+
+
+@pytest.fixture(autouse=True)
+async def clean_tables(backend: Backend) -> None:
+    """Every test starts from empty tables."""
+    async with backend.connection() as conn:
+        await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url)
+
+
+@pytest.fixture
+async def client(settings: Settings, backend: Backend) -> AsyncIterator[AsyncTestClient]:
+    async with AsyncTestClient(create_app(settings, backend)) as client:
+        yield client
+
+
+WorkerFactory = Callable[..., subprocess.Popen]
+
+
+@pytest.fixture
+def start_worker(database_url: str, tmp_path) -> Iterator[WorkerFactory]:  # noqa: ANN001
+    """Start real `jobq worker` processes; every one is stopped at the end of the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        environment = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "JOBQ_POLL_SECONDS": "0.2",
+            "JOBQ_HEARTBEAT_SECONDS": "1",
+            "JOBQ_PROGRESS_INTERVAL_SECONDS": "0.05",
+            **(env or {}),
+        }
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "worker", *args],
+                env=environment, stdout=log, stderr=subprocess.STDOUT,
+            )
+        process.log_path = log_path  # type: ignore[attr-defined]
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            process.send_signal(signal.SIGINT)
+    for process in started:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
