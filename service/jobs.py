@@ -81,10 +81,14 @@ def _plan(request: JobRequest, prefix: str = "") -> _Planned:
     if request.run_at is not None and request.run_at.tzinfo is None:
         problems.append(errors.FieldError(
             prefix + "run_at", "must carry a time zone, e.g. 2026-01-01T12:00:00Z"))
-    max_attempts = request.max_attempts or job_type.retry.max_attempts
+    max_attempts = request.max_attempts
+    if max_attempts is None:
+        max_attempts = job_type.retry.max_attempts
     if not 1 <= max_attempts <= 100:
         problems.append(errors.FieldError(prefix + "max_attempts", "must be between 1 and 100"))
-    timeout = request.timeout_seconds or job_type.timeout.total_seconds()
+    timeout = request.timeout_seconds
+    if timeout is None:
+        timeout = job_type.timeout.total_seconds()
     if not 0 < timeout <= 7 * 86400:
         problems.append(errors.FieldError(
             prefix + "timeout_seconds", "must be more than 0 and at most 604800 (a week)"))
@@ -121,6 +125,17 @@ WITH inserted AS (
 )
 INSERT INTO job_events (job_id, event) SELECT id, 'submitted' FROM inserted
 """
+
+
+async def enqueue(
+    conn: asyncpg.Connection, backend: Backend, requests: list[JobRequest]
+) -> list[uuid.UUID]:
+    """Submit jobs on a connection the caller holds, inside the caller's transaction: they
+    exist (and wake workers) only if that transaction commits."""
+    planned = [_plan(r, prefix=f"jobs[{i}]." if len(requests) > 1 else "")
+               for i, r in enumerate(requests)]
+    await _write(conn, backend, planned, None)
+    return [p.id for p in planned]
 
 
 async def _write(

@@ -23,8 +23,6 @@ def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
         if owns_backend:
             assert settings.database_url, "the database URL is resolved before the app starts"
             app.state.backend = await Backend.open(settings.database_url, settings.pool_size)
-        else:
-            app.state.backend = backend
 
     async def close_backend(app: Litestar) -> None:
         if owns_backend and getattr(app.state, "backend", None) is not None:
@@ -45,6 +43,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
         exception_handlers=api_errors.EXCEPTION_HANDLERS,
         on_startup=[open_backend],
         on_shutdown=[close_backend],
+        state=State({"backend": backend}),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="jobq",

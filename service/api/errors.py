@@ -8,6 +8,7 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import (
+    ClientException,
     HTTPException,
     NotFoundException,
     ValidationException,
@@ -106,6 +107,12 @@ def _http_error(_: Request, exc: HTTPException) -> Response:
             )
         detail = "; ".join(f"{f.field}: {f.message}" for f in fields)
         return problem(HTTP_422_UNPROCESSABLE_ENTITY, f"Invalid request: {detail}.", fields)
+    if type(exc) is ClientException and exc.status_code == HTTP_400_BAD_REQUEST:
+        # Litestar's word for a body its JSON decoder could not read.
+        return problem(
+            HTTP_400_BAD_REQUEST,
+            f"The request body is not valid JSON ({exc.detail}); send a JSON object.",
+        )
     if isinstance(exc, NotFoundException):
         return problem(HTTP_404_NOT_FOUND, str(exc.detail) or "No such resource.")
     headers = dict(exc.headers or {})

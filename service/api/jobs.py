@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Response, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, Parameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from service import errors, jobs
@@ -18,8 +18,8 @@ from service.domain.status import Status
 
 Idempotency = Annotated[
     str | None,
-    Parameter(header="Idempotency-Key", required=False,
-              description="Replays with the same key and body return the first job."),
+    HeaderParameter(name="Idempotency-Key", required=False,
+                    description="Replays with the same key and body return the first job."),
 ]
 
 
@@ -31,7 +31,7 @@ class JobsController(Controller):
     async def submit(
         self,
         backend: NamedDependency[Backend],
-        data: schemas.JobSubmission,
+        data: JSONBody[schemas.JobSubmission],
         idempotency_key: Idempotency = None,
     ) -> Response[dict[str, Any]]:
         job, created = await jobs.submit_job(backend, data.to_request(), idempotency_key)
@@ -44,7 +44,7 @@ class JobsController(Controller):
 
     @post("/batch", status_code=HTTP_201_CREATED, summary="Submit up to 1000 jobs, all or none")
     async def submit_batch(
-        self, backend: NamedDependency[Backend], data: schemas.BatchSubmission
+        self, backend: NamedDependency[Backend], data: JSONBody[schemas.BatchSubmission]
     ) -> dict[str, list[str]]:
         ids = await jobs.submit_batch(backend, [j.to_request() for j in data.jobs])
         return {"ids": [str(i) for i in ids]}
@@ -53,13 +53,13 @@ class JobsController(Controller):
     async def list_jobs(
         self,
         backend: NamedDependency[Backend],
-        status: Status | None = None,
-        job_type: Annotated[str | None, Parameter(query="type")] = None,
-        queue: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=jobs.MAX_LIST_LIMIT)] = 50,
-        cursor: str | None = None,
+        status: FromQuery[Status | None] = None,
+        job_type: Annotated[str | None, QueryParameter(name="type")] = None,
+        queue: FromQuery[str | None] = None,
+        created_after: FromQuery[datetime | None] = None,
+        created_before: FromQuery[datetime | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=jobs.MAX_LIST_LIMIT)] = 50,
+        cursor: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         items, next_cursor = await jobs.list_jobs(
             backend,

@@ -10,7 +10,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
-from litestar.testing import AsyncTestClient
+import httpx
 
 from service.api.app import create_app
 from service.backend import Backend
@@ -42,8 +42,10 @@ def settings(database_url: str) -> Settings:
 
 
 @pytest.fixture
-async def client(settings: Settings, backend: Backend) -> AsyncIterator[AsyncTestClient]:
-    async with AsyncTestClient(create_app(settings, backend)) as client:
+async def client(settings: Settings, backend: Backend) -> AsyncIterator[httpx.AsyncClient]:
+    """The API in this process and event loop, over the test run's backend."""
+    transport = httpx.ASGITransport(app=create_app(settings, backend))
+    async with httpx.AsyncClient(transport=transport, base_url="http://jobq.test") as client:
         yield client
 
 
