@@ -45,4 +45,4 @@ async def database_url(server_url: str) -> AsyncIterator[str]:
     url = await new_database(server_url)
     await asyncio.to_thread(migrate.upgrade, url)
     yield url
-    await admin.drop_database(server_url, url.rsplit("/", 1)[-1].split("?")[0])
+    await admin.drop_database(server_url, admin.database_name(url))

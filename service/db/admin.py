@@ -11,6 +11,13 @@ def with_database(server_url: str, name: str) -> str:
     return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
+def database_name(url: str) -> str:
+    """The database a URL names."""
+    name = make_url(url).database
+    assert name, f"no database in {url}"
+    return name
+
+
 async def ensure_database(server_url: str, name: str) -> str:
     """Create database `name` unless it exists; returns its URL."""
     conn = await asyncpg.connect(with_database(server_url, "postgres"))
