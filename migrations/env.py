@@ -16,7 +16,7 @@ config = context.config
 target_metadata = models.Base.metadata
 
 
-def include_object(obj, name, type_, reflected, compare_to):  # noqa: ANN001
+def include_object(obj, name, type_, reflected, compare_to):
     """Keep Procrastinate's tables (installed by their own pinned revision) out of autogenerate."""
     if type_ == "table":
         if name.startswith("procrastinate_"):

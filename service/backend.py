@@ -12,7 +12,6 @@ import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import errors
-
 from service.db import engine as db_engine
 from service.queue import app as queue_app
 
@@ -66,7 +65,7 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 
 @contextlib.contextmanager
-def unavailable_on_connection_loss():  # noqa: ANN201
+def unavailable_on_connection_loss():
     """Turn a lost or refused database connection into DatabaseUnavailable."""
     try:
         yield

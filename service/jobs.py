@@ -74,7 +74,8 @@ def _plan(request: JobRequest, prefix: str = "") -> _Planned:
     if not -1000 <= request.priority <= 1000:
         problems.append(errors.FieldError(prefix + "priority", "must be between -1000 and 1000"))
     if request.run_at is not None and request.delay_seconds is not None:
-        problems.append(errors.FieldError(prefix + "run_at", "give run_at or delay_seconds, not both"))
+        problems.append(errors.FieldError(
+            prefix + "run_at", "give run_at or delay_seconds, not both"))
     if request.delay_seconds is not None and not 0 <= request.delay_seconds <= 366 * 86400:
         problems.append(errors.FieldError(
             prefix + "delay_seconds", "must be between 0 and 31622400 (a year)"))

@@ -168,7 +168,7 @@ class Worker:
             self._running.pop(job.attempt_id, None)
             self._wake.set()
 
-    async def _outcome(self, job: leases.Claimed, run: JobRun):  # noqa: ANN202
+    async def _outcome(self, job: leases.Claimed, run: JobRun):
         """Run the job; returns (outcome, result, error, retry_at)."""
         try:
             job_type = jobtypes.get(job.task_name)
@@ -257,7 +257,9 @@ class Worker:
             try:
                 async with self.backend.connection() as conn:
                     alive = await leases.heartbeat(conn, self.worker_id)
-                    to_abort = await leases.abort_requested(conn, self.worker_id) if alive else set()
+                    to_abort = set()
+                    if alive and self._running:
+                        to_abort = await leases.abort_requested(conn, self.worker_id)
             except Exception as exc:
                 logger.warning("worker %s: heartbeat failed: %s", self.name, exc)
                 continue

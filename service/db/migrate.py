@@ -37,6 +37,6 @@ def head_revision() -> str:
     return head
 
 
-def current_revision(sync_connection) -> str | None:  # noqa: ANN001
+def current_revision(sync_connection) -> str | None:
     """The revision a database is at (given a synchronous SQLAlchemy connection)."""
     return MigrationContext.configure(sync_connection).get_current_revision()

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 
-import pytest
 import httpx
+import pytest
 
 from service.api.app import create_app
 from service.backend import Backend
@@ -53,7 +53,7 @@ WorkerFactory = Callable[..., subprocess.Popen]
 
 
 @pytest.fixture
-def start_worker(database_url: str, tmp_path) -> Iterator[WorkerFactory]:  # noqa: ANN001
+def start_worker(database_url: str, tmp_path) -> Iterator[WorkerFactory]:
     """Start real `jobq worker` processes; every one is stopped at the end of the test."""
     started: list[subprocess.Popen] = []
 

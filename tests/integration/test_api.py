@@ -14,7 +14,7 @@ from service.backend import Backend
 SLEEP = {"type": "system.sleep", "payload": {"seconds": 1}}
 
 
-async def submit(client, body=None, **headers):  # noqa: ANN001, ANN201
+async def submit(client, body=None, **headers):
     response = await client.post("/api/v1/jobs", json=body or SLEEP, headers=headers)
     assert response.status_code in (200, 201), response.text
     return response.json()
@@ -149,7 +149,8 @@ async def test_batch_with_one_invalid_job_submits_none(client, backend: Backend)
 
 
 async def test_batch_over_1000_jobs_is_refused(client):
-    response = await client.post("/api/v1/jobs/batch", json={"jobs": [{"type": "system.noop"}] * 1001})
+    batch = {"jobs": [{"type": "system.noop"}] * 1001}
+    response = await client.post("/api/v1/jobs/batch", json=batch)
     assert response.status_code == 422
 
 

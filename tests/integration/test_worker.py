@@ -30,25 +30,25 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20,
         await asyncio.sleep(interval)
 
 
-async def submit(client, payload: dict | None = None, **fields) -> dict:  # noqa: ANN001
+async def submit(client, payload: dict | None = None, **fields) -> dict:
     body = {"type": "system.sleep", "payload": payload or {"seconds": 0.1}, **fields}
     response = await client.post("/api/v1/jobs", json=body)
     assert response.status_code == 201, response.text
     return response.json()
 
 
-def status_is(client, job_id: str, *statuses: str):  # noqa: ANN001, ANN201
+def status_is(client, job_id: str, *statuses: str):
     async def check() -> dict | None:
         job = (await client.get(f"/api/v1/jobs/{job_id}")).json()
         return job if job["status"] in statuses else None
     return check
 
 
-async def history(client, job_id: str) -> dict:  # noqa: ANN001
+async def history(client, job_id: str) -> dict:
     return (await client.get(f"/api/v1/jobs/{job_id}/history")).json()
 
 
-async def wait_registered(client, count: int = 1) -> None:  # noqa: ANN001
+async def wait_registered(client, count: int = 1) -> None:
     async def check() -> bool:
         return len((await client.get("/api/v1/workers")).json()["items"]) >= count
     await eventually(check)

@@ -31,7 +31,7 @@ async def _differences(url: str) -> list:
     engine = db_engine.make_engine(url, poolclass=NullPool)
     try:
         async with engine.connect() as conn:
-            def diff(sync_conn):  # noqa: ANN001, ANN202
+            def diff(sync_conn):
                 context = MigrationContext.configure(
                     sync_conn, opts={"include_object": _include, "compare_type": True})
                 return compare_metadata(context, models.Base.metadata)
@@ -40,7 +40,7 @@ async def _differences(url: str) -> list:
         await engine.dispose()
 
 
-def _include(obj, name, type_, reflected, compare_to):  # noqa: ANN001, ANN202
+def _include(obj, name, type_, reflected, compare_to):
     return not (type_ == "table" and name.startswith("procrastinate_"))
 
 

@@ -1,0 +1,111 @@
+"""`jobq up` end to end: no DATABASE_URL, so it runs on the embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Up:
+    """A `jobq up` process on its own data directory and port."""
+
+    def __init__(self, data_dir: Path, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("DATABASE_URL", "TEST_DATABASE_URL")}
+        env.update({"JOBQ_DATA_DIR": str(data_dir), "JOBQ_PROGRESS_INTERVAL_SECONDS": "0.05"})
+        with open(log, "a") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "up", "--port", str(self.port)],
+                env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.log = log
+
+    async def ready(self, client: httpx.AsyncClient, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if (await client.get(f"{self.url}/ready")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+        raise AssertionError("jobq up never became ready:\n" + self.log.read_text()[-3000:])
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+
+def postmaster_alive(data_dir: Path) -> bool:
+    """Whether any PostgreSQL server still runs on a cluster under data_dir."""
+    for pid_file in data_dir.rglob("postmaster.pid"):
+        pid = int(pid_file.read_text().splitlines()[0])
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            continue
+    return False
+
+
+async def test_up_runs_a_job_and_keeps_it_across_a_restart(tmp_path: Path):
+    data_dir = tmp_path / "jobq-data"
+    log = tmp_path / "up.log"
+    async with httpx.AsyncClient(timeout=10) as client:
+        up = Up(data_dir, log)
+        try:
+            await up.ready(client)
+            response = await client.post(
+                f"{up.url}/api/v1/jobs",
+                json={"type": "system.sleep", "payload": {"seconds": 1}})
+            assert response.status_code == 201
+            job_id = response.json()["id"]
+            seen = []
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                job = (await client.get(f"{up.url}/api/v1/jobs/{job_id}")).json()
+                seen.append((job["status"], job["progress"]))
+                if job["status"] == "succeeded":
+                    break
+                await asyncio.sleep(0.05)
+            statuses = [s for s, _ in seen]
+            assert statuses[-1] == "succeeded", seen
+            assert any(s == "running" and 0 < p < 100 for s, p in seen), seen
+        finally:
+            assert up.stop() == 0, log.read_text()[-3000:]
+        assert not postmaster_alive(data_dir), "jobq up left its PostgreSQL running"
+
+        again = Up(data_dir, log)
+        try:
+            await again.ready(client)
+            job = (await client.get(f"{again.url}/api/v1/jobs/{job_id}")).json()
+            assert job["status"] == "succeeded"
+            assert job["result"]["slept_seconds"] >= 0.9
+            history = (await client.get(f"{again.url}/api/v1/jobs/{job_id}/history")).json()
+            assert [e["event"] for e in history["items"]] == ["submitted", "started", "succeeded"]
+        finally:
+            assert again.stop() == 0
+        assert not postmaster_alive(data_dir)
