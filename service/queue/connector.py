@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 Acquire = Callable[[], contextlib.AbstractAsyncContextManager[asyncpg.Connection]]
 
-_PARAM = re.compile(r"%\((\w+)\)s")
+# One pass, so an escaped "%%(x)s" stays literal text instead of becoming a parameter.
+_PARAM = re.compile(r"%%|%\((\w+)\)s")
 # Parameters whose type the server infers as text (as in `%(x)s || ' SECOND'`) need str values.
 _TEXT_TYPES = frozenset({"text", "varchar", "bpchar", "name"})
 
@@ -43,11 +44,13 @@ class _Query:
 
         def number(match: re.Match[str]) -> str:
             name = match.group(1)
+            if name is None:
+                return "%"
             if name not in self.names:
                 self.names.append(name)
             return f"${self.names.index(name) + 1}"
 
-        self.sql = _PARAM.sub(number, query).replace("%%", "%")
+        self.sql = _PARAM.sub(number, query)
         self.text_params: frozenset[int] | None = None  # learnt from the first prepare
 
     def args(self, arguments: dict[str, Any]) -> list[Any]:
