@@ -46,6 +46,16 @@ class UnknownJobType(InvalidRequest):
         )
 
 
+class FileTooLarge(ServiceError):
+    """An upload is larger than the configured limit."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        super().__init__(
+            f"The file {name!r} is larger than the limit of {limit:,} bytes; "
+            "send a smaller file or ask the operator to raise JOBQ_MAX_UPLOAD_BYTES."
+        )
+
+
 class Conflict(ServiceError):
     """The action is not allowed in the current state of the thing."""
 

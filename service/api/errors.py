@@ -17,6 +17,7 @@ from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
@@ -65,6 +66,8 @@ def _service_error(_: Request, exc: errors.ServiceError) -> Response:
         return problem(HTTP_404_NOT_FOUND, str(exc))
     if isinstance(exc, errors.InvalidRequest):
         return problem(HTTP_422_UNPROCESSABLE_ENTITY, str(exc), exc.fields)
+    if isinstance(exc, errors.FileTooLarge):
+        return problem(HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(exc))
     if isinstance(exc, errors.Conflict):
         return problem(HTTP_409_CONFLICT, str(exc))
     if isinstance(exc, errors.DatabaseUnavailable):

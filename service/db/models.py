@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -165,3 +166,63 @@ class Worker(Base):
     """Queues it takes jobs from; empty means every queue."""
     concurrency: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class StoredFile(Base):
+    """A file kept in PostgreSQL (an upload or a job's output); its bytes are in file_chunks."""
+
+    __tablename__ = "files"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    """A safe display name, never used as a path."""
+    content_type: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (Index(None, "sha256"),)
+
+
+class FileChunk(Base):
+    """One piece of a stored file, so reading and writing stream with bounded memory."""
+
+    __tablename__ = "file_chunks"
+
+    file_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("files.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class JobFile(Base):
+    """Which files a job reads and writes. A file shared by several jobs (a reused conversion
+    output) lives until the last job using it is deleted."""
+
+    __tablename__ = "job_files"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    """`input` or `output`."""
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("files.id"))
+
+    __table_args__ = (Index(None, "file_id"),)
+
+
+class ConversionCacheEntry(Base):
+    """Content-addressed conversions: the same input bytes, target and options map to one
+    output file, so the same conversion never runs twice."""
+
+    __tablename__ = "conversion_cache"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """SHA-256 over the inputs' hashes and names, the target and the options."""
+    output_file_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    result: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (Index(None, "output_file_id"),)
