@@ -133,14 +133,15 @@ async def _database(settings: Settings) -> AsyncIterator[Settings]:
     from service.db import admin, embedded
 
     server = embedded.EmbeddedPostgres(settings.data_dir.resolve() / "postgres")
-    admin_url = await asyncio.to_thread(server.start)
+    # In the main thread: the server's parent-death signal is tied to the starting thread.
+    admin_url = server.start()
     try:
         url = await admin.ensure_database(admin_url, "jobq")
         logger.info("embedded PostgreSQL ready, data in %s", settings.data_dir.resolve())
         await asyncio.to_thread(migrate.upgrade, url)
         yield dataclasses.replace(settings, database_url=url)
     finally:
-        await asyncio.to_thread(server.stop)
+        server.stop()
 
 
 async def _up(settings: Settings, name: str | None) -> None:

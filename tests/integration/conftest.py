@@ -17,7 +17,8 @@ from service.backend import Backend
 from service.settings import Settings
 
 TABLES = (
-    "job_events, job_attempts, jobs, queues, workers, procrastinate_events, "
+    "job_events, job_attempts, job_files, conversion_cache, file_chunks, files, jobs, queues, "
+    "workers, procrastinate_events, "
     "procrastinate_periodic_defers, procrastinate_jobs, procrastinate_workers"
 )
 
