@@ -119,11 +119,3 @@ async def attempt_of_queue_job(conn: asyncpg.Connection, queue_job_id: int) -> i
         "AND a.finished_at IS NULL WHERE j.queue_job_id = $1",
         queue_job_id,
     )
-
-
-async def recover_stalled(conn: asyncpg.Connection, stall_seconds: float) -> list[dict[str, Any]]:
-    """Requeue (or fail) jobs of dead workers, then forget those workers."""
-    async with conn.transaction():
-        rows = await conn.fetch("SELECT * FROM jobq_recover_stalled($1)", stall_seconds)
-        await conn.execute("SELECT procrastinate_prune_stalled_workers_v1($1)", stall_seconds)
-    return [dict(r) for r in rows]

@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import socket
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any
 import msgspec
 from procrastinate import manager as pq_manager
 
-from service import errors
+from service import errors, queues
 from service.backend import CONNECTION_ERRORS, Backend
 from service.domain import jobtypes
 from service.domain.status import Outcome
@@ -35,9 +36,8 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[JobRun, Any], Awaitable[dict[str, Any] | None]]
 
-
-class _Stop(Exception):
-    """Why a running job was told to stop."""
+CANCEL_GRACE = 5.0
+"""Seconds a cancelled job gets to stop before the worker abandons it and moves on."""
 
 
 @dataclass
@@ -159,45 +159,72 @@ class Worker:
     # -- running -----------------------------------------------------------------------------
 
     async def _execute(self, job: leases.Claimed, run: JobRun) -> None:
+        running = self._running[job.attempt_id]
         try:
-            outcome, result, error, retry_at = await self._outcome(job, run)
-            self._running[job.attempt_id].finishing = True
+            outcome, result, error, retry_at = await self._outcome(job, run, running)
+            running.finishing = True
             await run.close()
             await self._record(job, outcome, result, error, retry_at)
         finally:
             self._running.pop(job.attempt_id, None)
             self._wake.set()
 
-    async def _outcome(self, job: leases.Claimed, run: JobRun):
+    async def _outcome(self, job: leases.Claimed, run: JobRun, running: _Running):
         """Run the job; returns (outcome, result, error, retry_at)."""
         try:
             job_type = jobtypes.get(job.task_name)
             handler = self.handlers[job.task_name]
+            payload = msgspec.convert(job.payload, job_type.payload)
         except (errors.UnknownJobType, KeyError):
             return Outcome.FAILED, None, _error(errors.PermanentJobError(
                 f"This worker has no code for job type {job.task_name!r}.")), None
+        except msgspec.ValidationError as exc:
+            return Outcome.FAILED, None, _error(errors.PermanentJobError(
+                f"The stored payload no longer fits {job.task_name}: {exc}")), None
+
+        inner = asyncio.create_task(handler(run, payload), name=f"run-{job.job_id}")
+        stop = asyncio.create_task(run.stop_requested.wait())
         try:
-            payload = msgspec.convert(job.payload, job_type.payload)
-            async with asyncio.timeout(job.timeout_seconds):
-                result = await handler(run, payload)
-            return Outcome.SUCCEEDED, result, None, None
+            await asyncio.wait({inner, stop}, timeout=job.timeout_seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            reason = self._running[job.attempt_id].stop_reason
-            if reason is None:
-                raise  # the worker itself is being torn down
-            return reason, None, None, None
-        except TimeoutError:
-            error = {"type": "JobTimeout", "retryable": False,
-                     "message": f"The job ran longer than its timeout of "
-                                f"{job.timeout_seconds:g} s and was stopped."}
-            return Outcome.FAILED, None, error, None
+            inner.cancel()  # the worker itself is being torn down
+            raise
+        finally:
+            stop.cancel()
+        if not inner.done():
+            return await self._halt(job, inner, running.stop_reason)
+        try:
+            result = inner.result()
+        except asyncio.CancelledError:
+            # The job cancelled itself, or stopped on a request it saw through should_stop().
+            return running.stop_reason or Outcome.CANCELLED, None, None, None
         except Exception as exc:
             retryable = job_type.retry.is_retryable(exc)
             error = _error(exc, retryable)
+            if running.stop_reason is not None:
+                return running.stop_reason, None, error, None
             if job_type.retry.should_retry(job.budget_attempt, retryable, job.max_attempts):
                 delay = job_type.retry.delay(job.budget_attempt)
                 return Outcome.RETRY, None, error, datetime.now(UTC) + delay
             return Outcome.FAILED, None, error, None
+        return Outcome.SUCCEEDED, result, None, None
+
+    async def _halt(self, job: leases.Claimed, inner: asyncio.Task, reason: Outcome | None):
+        """Stop a job that ran out of time or was told to stop. A job that ignores its
+        cancellation is abandoned after CANCEL_GRACE seconds: its outcome is recorded all the
+        same, and anything it writes later is refused by the fence."""
+        inner.cancel()
+        done, _ = await asyncio.wait({inner}, timeout=CANCEL_GRACE)
+        if not done:
+            logger.error("job %s ignored its cancellation for %s s; abandoned",
+                         job.job_id, CANCEL_GRACE)
+        if reason is not None:
+            return reason, None, None, None
+        error = {"type": "JobTimeout", "retryable": False,
+                 "message": f"The job ran longer than its timeout of "
+                            f"{job.timeout_seconds:g} s and was stopped."}
+        return Outcome.FAILED, None, error, None
 
     async def _record(self, job: leases.Claimed, outcome: Outcome, result: Any,
                       error: dict[str, Any] | None, retry_at: datetime | None) -> None:
@@ -223,10 +250,10 @@ class Worker:
                         error and error.get("message"))
 
     def _stop(self, running: _Running, reason: Outcome) -> None:
+        """Ask a running job to stop; `_outcome` cancels it and records `reason`."""
         if running.stop_reason is None and not running.finishing:
             running.stop_reason = reason
             running.run.stop_requested.set()
-            running.task.cancel()
 
     async def _drain(self) -> None:
         """After a stop request: give running jobs the grace period, then interrupt them."""
@@ -252,8 +279,16 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_interval.total_seconds()
+        # Past this, other workers may take our jobs over: stop them before that happens.
+        fence = self.settings.stall_timeout.total_seconds() * 0.8
+        last_ok = time.monotonic()
         while True:
+            before = time.monotonic()
             await asyncio.sleep(interval)
+            if time.monotonic() - before > fence:
+                # The whole process was frozen (SIGSTOP, a suspended VM): assume the worst.
+                self._abandon_all("the process was paused for "
+                                  f"{time.monotonic() - before:.0f} s")
             try:
                 async with self.backend.connection() as conn:
                     alive = await leases.heartbeat(conn, self.worker_id)
@@ -262,20 +297,30 @@ class Worker:
                         to_abort = await leases.abort_requested(conn, self.worker_id)
             except Exception as exc:
                 logger.warning("worker %s: heartbeat failed: %s", self.name, exc)
+                if time.monotonic() - last_ok > fence:
+                    self._abandon_all("no heartbeat reached the database for "
+                                      f"{time.monotonic() - last_ok:.0f} s")
                 continue
+            last_ok = time.monotonic()
             if not alive:
                 await self._lease_lost()
             for attempt_id in to_abort:
                 if attempt_id in self._running:
                     self._stop(self._running[attempt_id], Outcome.CANCELLED)
 
+    def _abandon_all(self, why: str) -> None:
+        """Stop every running job: this worker may be presumed dead, and a job must never run
+        here while another worker runs it."""
+        if self._running:
+            logger.error("worker %s: %s; stopping %d job(s), they will run again elsewhere",
+                         self.name, why, len(self._running))
+        for running in list(self._running.values()):
+            self._stop(running, Outcome.INTERRUPTED)
+
     async def _lease_lost(self) -> None:
         """Declared dead while alive (a long pause, a partition): our jobs now belong to
         others. Stop them (their writes would be refused anyway) and register anew."""
-        logger.error("worker %s was declared dead; abandoning %d job(s) and re-registering",
-                     self.name, len(self._running))
-        for running in list(self._running.values()):
-            self._stop(running, Outcome.INTERRUPTED)
+        self._abandon_all("it was declared dead")
         await self._register()
 
     async def _listen(self) -> None:
@@ -306,17 +351,13 @@ class Worker:
         """Recover jobs of dead workers. Every worker runs this; the SQL is safe to run twice."""
         stall = self.settings.stall_timeout.total_seconds()
         while True:
-            # Jitter spreads the workers' runs apart.
-            await asyncio.sleep(stall / 3 * (0.5 + random.random()))
+            # At most stall/4 between runs, so a dead worker's job runs again within about
+            # stall timeout + stall/4; jitter spreads the workers' runs apart.
+            await asyncio.sleep(stall / 6 * (0.5 + random.random()))
             try:
-                async with self.backend.connection() as conn:
-                    recovered = await leases.recover_stalled(conn, stall)
+                await queues.recover_stalled(self.backend, stall)
             except Exception as exc:
                 logger.warning("worker %s: stalled-job recovery failed: %s", self.name, exc)
-                continue
-            if recovered:
-                logger.warning("recovered %d job(s) of dead workers: %s", len(recovered),
-                               ", ".join(f"{r['job_id']} {r['outcome']}" for r in recovered))
 
 
 def _error(exc: BaseException, retryable: bool | None = None) -> dict[str, Any]:

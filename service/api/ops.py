@@ -15,6 +15,7 @@ from service.api import errors as api_errors
 from service.api import schemas
 from service.backend import Backend
 from service.db import migrate
+from service.settings import Settings
 
 
 class QueuesController(Controller):
@@ -37,6 +38,14 @@ class QueuesController(Controller):
 @get(f"{schemas.API}/workers", tags=["workers"], summary="Live workers")
 async def list_workers(backend: NamedDependency[Backend]) -> dict[str, Any]:
     return {"items": [schemas.worker_json(w) for w in await queues.live_workers(backend)]}
+
+
+@post(f"{schemas.API}/maintenance/recover-stalled", status_code=HTTP_200_OK,
+      tags=["operations"], summary="Requeue the jobs of dead workers now")
+async def recover_stalled(
+    backend: NamedDependency[Backend], settings: NamedDependency[Settings]
+) -> dict[str, int]:
+    return await queues.recover_stalled(backend, settings.stall_timeout.total_seconds())
 
 
 @get("/health", tags=["operations"], summary="The process is alive")

@@ -38,6 +38,9 @@ def make_engine(database_url: str, pool_size: int = 10, **kwargs: Any) -> AsyncE
     if "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", pool_size)
         kwargs.setdefault("max_overflow", pool_size)
+        kwargs.setdefault("pool_timeout", 10)
+    # A server that accepts no connection must not hang a request: fail fast, answer 503.
+    kwargs.setdefault("connect_args", {"timeout": 5})
     return create_async_engine(
         sqlalchemy_url(database_url),
         # No ping per checkout (a round trip on the hot path); a dead connection is

@@ -236,3 +236,25 @@ async def test_health_ready_and_openapi(client):
     schema = (await client.get("/schema/openapi.json")).json()
     assert "/api/v1/jobs" in schema["paths"]
     assert "/api/v1/jobs/{job_id}/history" in schema["paths"]
+
+
+async def test_recover_stalled_requeues_the_job_of_a_silent_worker(client, backend: Backend):
+    from workers import leases
+
+    job = await submit(client)
+    async with backend.connection() as conn:
+        worker_id = await leases.register(conn, "ghost", "nowhere", 1, [], 1)
+        [claimed] = await leases.claim(conn, worker_id, "ghost", None, 1)
+        await conn.execute(
+            "UPDATE procrastinate_workers SET last_heartbeat = now() - interval '1 hour'")
+    assert (await client.get(f"/api/v1/jobs/{job['id']}")).json()["status"] == "running"
+    response = await client.post("/api/v1/maintenance/recover-stalled")
+    assert response.status_code == 200
+    assert response.json() == {"requeued": 1, "failed": 0, "cancelled": 0}
+    after = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
+    assert after["status"] == "queued"
+    attempts = (await client.get(f"/api/v1/jobs/{job['id']}/history")).json()["attempts"]
+    assert [a["outcome"] for a in attempts] == ["lost"]
+    async with backend.connection() as conn:
+        assert not await leases.finish(conn, claimed.attempt_id, "succeeded", {"late": True})
+    assert (await client.get(f"/api/v1/jobs/{job['id']}")).json()["result"] is None
