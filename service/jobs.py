@@ -38,6 +38,8 @@ class JobRequest:
     max_attempts: int | None = None
     timeout_seconds: float | None = None
     callback_url: str | None = None
+    backoff: dict[str, float] | None = None
+    """Optional per-job override of the type's backoff: base_seconds, cap_seconds, jitter."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class _Planned:
     max_attempts: int
     timeout_seconds: float
     callback_url: str | None
+    backoff: dict[str, float] | None
     fingerprint: str
 
 
@@ -97,6 +100,7 @@ def _plan(request: JobRequest, prefix: str = "") -> _Planned:
         ("http://", "https://")
     ):
         problems.append(errors.FieldError(prefix + "callback_url", "must be an http(s) URL"))
+    problems += _check_backoff(request.backoff, prefix)
     if problems:
         raise errors.InvalidRequest(
             "; ".join(f"{p.field}: {p.message}" for p in problems), problems)
@@ -107,21 +111,41 @@ def _plan(request: JobRequest, prefix: str = "") -> _Planned:
     fingerprint = hashlib.sha256(
         msgspec.json.encode([request.type, payload, queue, request.priority,
                              request.run_at, request.delay_seconds, max_attempts, timeout,
-                             request.callback_url], order="sorted")
+                             request.callback_url, request.backoff], order="sorted")
     ).hexdigest()
     return _Planned(
         id=uuid.uuid4(), type=request.type, queue=queue, priority=request.priority,
         payload=payload, scheduled_at=scheduled_at, max_attempts=max_attempts,
-        timeout_seconds=timeout, callback_url=request.callback_url, fingerprint=fingerprint,
+        timeout_seconds=timeout, callback_url=request.callback_url, backoff=request.backoff,
+        fingerprint=fingerprint,
     )
+
+
+_BACKOFF_LIMITS = {"base_seconds": (0, 86_400), "cap_seconds": (0, 7 * 86_400), "jitter": (0, 1)}
+
+
+def _check_backoff(backoff: dict[str, float] | None, prefix: str) -> list[errors.FieldError]:
+    if backoff is None:
+        return []
+    problems = []
+    for key, value in backoff.items():
+        field = f"{prefix}backoff.{key}"
+        if key not in _BACKOFF_LIMITS:
+            problems.append(errors.FieldError(
+                field, f"unknown; use {', '.join(_BACKOFF_LIMITS)}"))
+            continue
+        low, high = _BACKOFF_LIMITS[key]
+        if not low <= value <= high:
+            problems.append(errors.FieldError(field, f"must be between {low} and {high}"))
+    return problems
 
 
 _INSERT_JOBS = """
 WITH inserted AS (
     INSERT INTO jobs (id, queue_job_id, payload, max_attempts, timeout_seconds, callback_url,
-                      idempotency_key, request_fingerprint)
+                      idempotency_key, request_fingerprint, backoff)
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::jsonb[], $4::int[], $5::float8[],
-                         $6::text[], $7::text[], $8::text[])
+                         $6::text[], $7::text[], $8::text[], $9::jsonb[])
     RETURNING id
 )
 INSERT INTO job_events (job_id, event) SELECT id, 'submitted' FROM inserted
@@ -163,6 +187,7 @@ async def _write(
         [p.callback_url for p in planned],
         [key] * len(planned),
         [p.fingerprint if key else None for p in planned],
+        [None if p.backoff is None else db_engine.dumps(p.backoff) for p in planned],
     )
 
 

@@ -205,10 +205,21 @@ class Worker:
             if running.stop_reason is not None:
                 return running.stop_reason, None, error, None
             if job_type.retry.should_retry(job.budget_attempt, retryable, job.max_attempts):
-                delay = job_type.retry.delay(job.budget_attempt)
+                policy = job_type.retry.with_backoff(await self._backoff(job))
+                delay = policy.delay(job.budget_attempt)
                 return Outcome.RETRY, None, error, datetime.now(UTC) + delay
             return Outcome.FAILED, None, error, None
         return Outcome.SUCCEEDED, result, None, None
+
+    async def _backoff(self, job: leases.Claimed) -> dict[str, float] | None:
+        # Read only when an attempt fails, to keep the claim lean.
+        try:
+            async with self.backend.connection() as conn:
+                return await conn.fetchval("SELECT backoff FROM jobs WHERE id = $1", job.job_id)
+        except Exception as exc:
+            logger.warning("job %s: per-job backoff unreadable (%s); using the type's",
+                           job.job_id, exc)
+            return None
 
     async def _halt(self, job: leases.Claimed, inner: asyncio.Task, reason: Outcome | None):
         """Stop a job that ran out of time or was told to stop. A job that ignores its

@@ -13,6 +13,14 @@ from service import jobs
 API = "/api/v1"
 
 
+class Backoff(msgspec.Struct, forbid_unknown_fields=True):
+    """Per-job override of the job type's backoff between attempts."""
+
+    base_seconds: float | None = None
+    cap_seconds: float | None = None
+    jitter: float | None = None
+
+
 class JobSubmission(msgspec.Struct, forbid_unknown_fields=True):
     """Body of `POST /api/v1/jobs`: the job type, its payload and optional scheduling."""
 
@@ -25,9 +33,14 @@ class JobSubmission(msgspec.Struct, forbid_unknown_fields=True):
     max_attempts: int | None = None
     timeout_seconds: float | None = None
     callback_url: str | None = None
+    backoff: Backoff | None = None
 
     def to_request(self) -> jobs.JobRequest:
-        return jobs.JobRequest(**msgspec.structs.asdict(self))
+        fields = msgspec.structs.asdict(self)
+        if self.backoff is not None:
+            fields["backoff"] = {k: v for k, v in msgspec.structs.asdict(self.backoff).items()
+                                 if v is not None}
+        return jobs.JobRequest(**fields)
 
 
 class BatchSubmission(msgspec.Struct, forbid_unknown_fields=True):

@@ -75,6 +75,8 @@ class Job(Base):
     max_attempts: Mapped[int] = mapped_column(Integer)
     """Attempts allowed in the current budget; a manual retry starts a fresh budget."""
     timeout_seconds: Mapped[float] = mapped_column(Double)
+    backoff: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    """Per-job backoff {base_seconds, cap_seconds, jitter}; null: the job type's policy."""
     callback_url: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from service import errors
@@ -35,6 +35,17 @@ class RetryPolicy:
 
     transient: tuple[type[BaseException], ...] = field(default=TRANSIENT)
     """Exception types that earn another attempt (default: TRANSIENT)."""
+
+    def with_backoff(self, backoff: dict[str, float] | None) -> RetryPolicy:
+        """This policy with a job's own base, cap and jitter, where it gives them."""
+        if not backoff:
+            return self
+        return replace(
+            self,
+            base=timedelta(seconds=backoff.get("base_seconds", self.base.total_seconds())),
+            cap=timedelta(seconds=backoff.get("cap_seconds", self.cap.total_seconds())),
+            jitter=backoff.get("jitter", self.jitter),
+        )
 
     def is_retryable(self, exc: BaseException) -> bool:
         """Whether an attempt that raised `exc` may be tried again."""

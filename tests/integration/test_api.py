@@ -258,3 +258,11 @@ async def test_recover_stalled_requeues_the_job_of_a_silent_worker(client, backe
     async with backend.connection() as conn:
         assert not await leases.finish(conn, claimed.attempt_id, "succeeded", {"late": True})
     assert (await client.get(f"/api/v1/jobs/{job['id']}")).json()["result"] is None
+
+
+async def test_backoff_fields_are_checked(client):
+    response = await client.post("/api/v1/jobs", json={
+        "type": "system.noop", "backoff": {"base_seconds": -1, "jitter": 2}})
+    assert response.status_code == 422
+    fields = {e["field"] for e in response.json()["errors"]}
+    assert fields == {"backoff.base_seconds", "backoff.jitter"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
@@ -221,3 +222,17 @@ async def test_job_of_a_killed_worker_runs_again_elsewhere(client, start_worker)
     record = await history(client, job["id"])
     assert [(a["worker"], a["outcome"]) for a in record["attempts"]] == [
         ("doomed", "lost"), ("rescuer", "succeeded")]
+
+
+async def test_per_job_backoff_spaces_the_attempts(client, backend: Backend, start_worker):
+    job = await submit(client, {"seconds": 0.01, "fail_times": 2},
+                       backoff={"base_seconds": 1.0, "cap_seconds": 1.5, "jitter": 0})
+    start_worker()
+    await eventually(status_is(client, job["id"], "succeeded"), timeout=30)
+    async with backend.connection() as conn:
+        starts = await conn.fetch(
+            "SELECT started_at FROM job_attempts WHERE job_id = $1 ORDER BY number", job["id"])
+    gaps = [(b["started_at"] - a["started_at"]).total_seconds()
+            for a, b in itertools.pairwise(starts)]
+    assert 1.0 <= gaps[0] < 2.0, gaps  # base
+    assert 1.5 <= gaps[1] < 2.5, gaps  # 2 s capped at 1.5 s

@@ -75,3 +75,11 @@ def test_retry_stops_at_max_attempts_and_never_for_permanent_errors():
 def test_terminal_statuses():
     assert {s for s in Status if s.is_terminal} == {
         Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}
+
+
+def test_a_job_can_override_base_cap_and_jitter():
+    policy = RetryPolicy(base=timedelta(seconds=1), cap=timedelta(seconds=60), jitter=0.2)
+    own = policy.with_backoff({"base_seconds": 3, "cap_seconds": 10, "jitter": 0})
+    assert [own.delay(n).total_seconds() for n in (1, 2, 3)] == [3, 6, 10]
+    assert policy.with_backoff(None) is policy
+    assert policy.with_backoff({"jitter": 0}).base == timedelta(seconds=1)
