@@ -54,6 +54,10 @@ class SleepPayload(msgspec.Struct, forbid_unknown_fields=True):
 
     seconds: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 1.0
     fail_times: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
+    permanent: bool = False
+    """Fail with a permanent error (never retried) instead of a transient one."""
+    ignore_cancel: bool = False
+    """Keep sleeping when cancelled, like badly written job code (tests timeouts)."""
 
 
 SYSTEM_NOOP = JobType(

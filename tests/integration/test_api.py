@@ -28,7 +28,9 @@ async def test_submit_returns_201_with_the_job_and_its_location(client):
     assert job["status"] == "queued"
     assert job["type"] == "system.sleep"
     assert job["queue"] == "default"
-    assert job["payload"] == {"seconds": 1.0, "fail_times": 0}  # defaults filled in
+    # defaults filled in
+    assert job["payload"] == {"seconds": 1.0, "fail_times": 0, "permanent": False,
+                              "ignore_cancel": False}
     assert job["attempts"] == 0 and job["max_attempts"] == 3
     assert job["progress"] == 0 and job["result"] is None and job["error"] is None
     assert job["created_at"].endswith("Z")

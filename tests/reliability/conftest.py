@@ -1,0 +1,109 @@
+"""Reliability scenarios: real worker and API processes, killed, frozen and starved of their
+database on purpose. Each scenario ends with a ledger check (see ledger.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from service.db import admin, migrate
+from service.db.embedded import EmbeddedPostgres
+
+# The integration fixtures: a migrated database, clean tables, an API client, worker processes.
+from tests.integration.conftest import (  # noqa: F401
+    backend,
+    clean_tables,
+    client,
+    settings,
+    start_worker,
+)
+
+pytestmark = pytest.mark.slow
+
+FAST = {
+    "JOBQ_STALL_TIMEOUT_SECONDS": "3",
+    "JOBQ_HEARTBEAT_SECONDS": "0.5",
+    "JOBQ_POLL_SECONDS": "0.2",
+}
+"""Settings that make failure detection quick enough for a test."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ApiProcess:
+    """A `jobq serve` process on a free port."""
+
+    def __init__(self, database_url: str, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        with open(log, "a") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
+                env={**os.environ, "DATABASE_URL": database_url},
+                stdout=out, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def start_api(database_url: str, tmp_path: Path) -> Iterator:
+    started: list[ApiProcess] = []
+
+    def start(url: str | None = None) -> ApiProcess:
+        api = ApiProcess(url or database_url, tmp_path / f"api-{len(started)}.log")
+        started.append(api)
+        return api
+
+    yield start
+    for api in started:
+        api.stop()
+
+
+class OwnedCluster:
+    """A PostgreSQL server this test owns, to stop and start under load."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.server = EmbeddedPostgres(data_dir)
+        self.database_url = ""
+
+    async def open(self) -> None:
+        server_url = self.server.start()
+        self.database_url = await admin.ensure_database(server_url, "jobq_outage")
+        await asyncio.to_thread(migrate.upgrade, self.database_url)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server.start()
+
+
+@pytest.fixture
+async def owned_cluster(tmp_path: Path) -> AsyncIterator[OwnedCluster]:
+    cluster = OwnedCluster(tmp_path / "owned-pg")
+    await cluster.open()
+    yield cluster
+    cluster.stop()
