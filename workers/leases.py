@@ -112,6 +112,23 @@ async def abort_requested(conn: asyncpg.Connection, worker_id: int) -> set[int]:
     return {r["id"] for r in rows}
 
 
+async def held_attempts(conn: asyncpg.Connection, worker_id: int,
+                        min_age_seconds: float) -> set[int]:
+    """Open attempts the database says this worker holds, older than `min_age_seconds` (younger
+    ones may belong to a claim whose answer is still on its way)."""
+    rows = await conn.fetch(
+        """
+        SELECT a.id FROM procrastinate_jobs pj
+        JOIN jobs j ON j.queue_job_id = pj.id
+        JOIN job_attempts a ON a.job_id = j.id AND a.finished_at IS NULL
+        WHERE pj.worker_id = $1 AND pj.status = 'doing'
+          AND a.started_at < now() - make_interval(secs => $2)
+        """,
+        worker_id, min_age_seconds,
+    )
+    return {r["id"] for r in rows}
+
+
 async def attempt_of_queue_job(conn: asyncpg.Connection, queue_job_id: int) -> int | None:
     """The open attempt of a Procrastinate job, if any."""
     return await conn.fetchval(

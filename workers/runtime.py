@@ -25,7 +25,7 @@ import msgspec
 from procrastinate import manager as pq_manager
 
 from service import errors, queues
-from service.backend import CONNECTION_ERRORS, Backend
+from service.backend import Backend
 from service.domain import jobtypes
 from service.domain.status import Outcome
 from service.settings import Settings
@@ -35,6 +35,9 @@ from workers.progress import JobRun
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[JobRun, Any], Awaitable[dict[str, Any] | None]]
+
+ORPHAN_AGE = 10.0
+"""An open attempt of ours this old that we do not run was claimed by a lost round trip."""
 
 CANCEL_GRACE = 5.0
 """Seconds a cancelled job gets to stop before the worker abandons it and moves on."""
@@ -108,7 +111,7 @@ class Worker:
                 logger.info("worker %s registered as %s, queues=%s, concurrency=%d",
                             self.name, self.worker_id, self.queues or "all", self.concurrency)
                 return
-            except (errors.DatabaseUnavailable, *CONNECTION_ERRORS) as exc:
+            except errors.DatabaseUnavailable as exc:
                 logger.warning("worker %s cannot register yet: %s", self.name, exc)
                 await asyncio.sleep(1)
 
@@ -133,8 +136,13 @@ class Worker:
                     async with self.backend.connection() as conn:
                         claimed = await leases.claim(
                             conn, self.worker_id, self.name, self.queues, free)
-                except (errors.DatabaseUnavailable, *CONNECTION_ERRORS) as exc:
+                except errors.DatabaseUnavailable as exc:
                     logger.warning("worker %s: cannot claim jobs: %s", self.name, exc)
+                    await asyncio.sleep(1)
+                    continue
+                except Exception:
+                    # Never let one bad claim end the worker; say so loudly and go on.
+                    logger.exception("worker %s: claiming failed", self.name)
                     await asyncio.sleep(1)
                     continue
                 for job in claimed:
@@ -249,7 +257,7 @@ class Worker:
                     applied = await leases.finish(conn, job.attempt_id, outcome.value,
                                                   result, error, retry_at)
                 break
-            except (errors.DatabaseUnavailable, *CONNECTION_ERRORS) as exc:
+            except errors.DatabaseUnavailable as exc:
                 logger.warning("job %s: outcome not recorded yet (%s); retrying", job.job_id, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
@@ -306,6 +314,8 @@ class Worker:
                     to_abort = set()
                     if alive and self._running:
                         to_abort = await leases.abort_requested(conn, self.worker_id)
+                    held = await leases.held_attempts(conn, self.worker_id, ORPHAN_AGE)
+                orphans = held - self._running.keys()
             except Exception as exc:
                 logger.warning("worker %s: heartbeat failed: %s", self.name, exc)
                 if time.monotonic() - last_ok > fence:
@@ -318,6 +328,21 @@ class Worker:
             for attempt_id in to_abort:
                 if attempt_id in self._running:
                     self._stop(self._running[attempt_id], Outcome.CANCELLED)
+            if orphans:
+                await self._release(orphans)
+
+    async def _release(self, attempt_ids: set[int]) -> None:
+        """Jobs the database says we hold but we never started: a claim committed while its
+        answer was lost with the connection. Put them back in the queue."""
+        logger.warning("worker %s: releasing %d job(s) claimed while the connection dropped",
+                       self.name, len(attempt_ids))
+        try:
+            async with self.backend.connection() as conn:
+                for attempt_id in attempt_ids:
+                    await leases.finish(conn, attempt_id, Outcome.INTERRUPTED.value)
+        except errors.DatabaseUnavailable as exc:
+            logger.warning("worker %s: release failed (%s); next heartbeat retries",
+                           self.name, exc)
 
     def _abandon_all(self, why: str) -> None:
         """Stop every running job: this worker may be presumed dead, and a job must never run

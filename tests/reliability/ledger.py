@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from typing import Any
 
@@ -35,7 +36,7 @@ async def check_ledger(conn: asyncpg.Connection, job_ids: list[str],
         assert all(r["finished_at"] is not None for r in runs), "an attempt is still open"
         successes = [r for r in runs if r["outcome"] == "succeeded"]
         assert len(successes) <= 1, f"job {job['id']} succeeded twice"
-        for earlier, later in zip(runs, runs[1:], strict=False):
+        for earlier, later in itertools.pairwise(runs):
             if later["started_at"] < earlier["finished_at"]:
                 overlaps += 1
         counted = [r for r in runs if r["outcome"] != "interrupted"]

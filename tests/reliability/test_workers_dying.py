@@ -13,7 +13,7 @@ from tests.reliability.conftest import FAST
 from tests.reliability.ledger import check_ledger, report
 
 
-async def batch(client, count: int, payload: dict, **fields) -> list[str]:  # noqa: ANN001
+async def batch(client, count: int, payload: dict, **fields) -> list[str]:
     jobs = [{"type": "system.sleep", "payload": payload, **fields}] * count
     response = await client.post("/api/v1/jobs/batch", json={"jobs": jobs})
     assert response.status_code == 201, response.text
