@@ -29,7 +29,8 @@ from tests.integration.conftest import (  # noqa: F401
 pytestmark = pytest.mark.slow
 
 FAST = {
-    "JOBQ_STALL_TIMEOUT_SECONDS": "3",
+    # JOBQ_RELIABILITY_STALL_SECONDS measures recovery at another timeout (e.g. the default 30).
+    "JOBQ_STALL_TIMEOUT_SECONDS": os.environ.get("JOBQ_RELIABILITY_STALL_SECONDS", "3"),
     "JOBQ_HEARTBEAT_SECONDS": "0.5",
     "JOBQ_POLL_SECONDS": "0.2",
 }
