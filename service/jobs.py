@@ -59,9 +59,13 @@ class _Planned:
     fingerprint: str
 
 
-def _plan(request: JobRequest, prefix: str = "") -> _Planned:
+def _plan(request: JobRequest, prefix: str = "", with_files: bool = False) -> _Planned:
     """Validate a request against its job type's declaration and fill in the defaults."""
     job_type = jobtypes.get(request.type)
+    if job_type.upload_route and not with_files:
+        raise errors.InvalidRequest(
+            f"{job_type.name} jobs take uploaded files: submit them with a multipart POST to "
+            f"{job_type.upload_route}.", [errors.FieldError(prefix + "type", "needs an upload")])
     try:
         payload = msgspec.to_builtins(job_type.validate(request.payload))
     except errors.InvalidRequest as exc:
@@ -153,11 +157,13 @@ INSERT INTO job_events (job_id, event) SELECT id, 'submitted' FROM inserted
 
 
 async def enqueue(
-    conn: asyncpg.Connection, backend: Backend, requests: list[JobRequest]
+    conn: asyncpg.Connection, backend: Backend, requests: list[JobRequest],
+    with_files: bool = False,
 ) -> list[uuid.UUID]:
     """Submit jobs on a connection the caller holds, inside the caller's transaction: they
-    exist (and wake workers) only if that transaction commits."""
-    planned = [_plan(r, prefix=f"jobs[{i}]." if len(requests) > 1 else "")
+    exist (and wake workers) only if that transaction commits. `with_files`: the caller links
+    the jobs' input files in the same transaction."""
+    planned = [_plan(r, prefix=f"jobs[{i}]." if len(requests) > 1 else "", with_files=with_files)
                for i, r in enumerate(requests)]
     await _write(conn, backend, planned, None)
     return [p.id for p in planned]

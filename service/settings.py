@@ -56,6 +56,15 @@ class Settings:
     max_body_bytes: int = 10_000_000
     """Largest JSON request body the API accepts (`JOBQ_MAX_BODY_BYTES`, default 10 MB)."""
 
+    max_upload_bytes: int = 200_000_000
+    """Largest upload of files to convert, all parts together (`JOBQ_MAX_UPLOAD_BYTES`, 200 MB)."""
+
+    conversion_processes: int = 2
+    """Warm child processes a worker converts meshes in (`JOBQ_CONVERSION_PROCESSES`, 2)."""
+
+    conversion_memory_mb: int = 2048
+    """Memory one conversion process may use (`JOBQ_CONVERSION_MEMORY_MB`, 2048)."""
+
     extra: Mapping[str, str] = field(default_factory=dict)
     """Unrecognised `JOBQ_*` variables, kept to warn about typos."""
 
@@ -90,7 +99,8 @@ _KNOWN = {
     "JOBQ_DATA_DIR", "JOBQ_HOST", "JOBQ_PORT", "JOBQ_POOL_SIZE", "JOBQ_WORKER_CONCURRENCY",
     "JOBQ_WORKER_QUEUES", "JOBQ_HEARTBEAT_SECONDS", "JOBQ_STALL_TIMEOUT_SECONDS",
     "JOBQ_SHUTDOWN_GRACE_SECONDS", "JOBQ_POLL_SECONDS", "JOBQ_PROGRESS_INTERVAL_SECONDS",
-    "JOBQ_MAX_BODY_BYTES",
+    "JOBQ_MAX_BODY_BYTES", "JOBQ_MAX_UPLOAD_BYTES", "JOBQ_CONVERSION_PROCESSES",
+    "JOBQ_CONVERSION_MEMORY_MB",
 }
 
 
@@ -117,5 +127,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, "JOBQ_PROGRESS_INTERVAL_SECONDS", timedelta(milliseconds=250)
         ),
         max_body_bytes=_integer(env, "JOBQ_MAX_BODY_BYTES", 10_000_000),
+        max_upload_bytes=_integer(env, "JOBQ_MAX_UPLOAD_BYTES", 200_000_000),
+        conversion_processes=_integer(env, "JOBQ_CONVERSION_PROCESSES", 2),
+        conversion_memory_mb=_integer(env, "JOBQ_CONVERSION_MEMORY_MB", 2048, minimum=256),
         extra={k: v for k, v in env.items() if k.startswith("JOBQ_") and k not in _KNOWN},
     )

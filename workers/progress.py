@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from service.backend import Backend
+
 logger = logging.getLogger(__name__)
 
 # Writes one progress report; returns False when the job's lease is gone.
@@ -21,8 +23,12 @@ class JobRun:
     """Handed to every job function: report progress, learn that it must stop."""
 
     job_id: uuid.UUID
+    attempt_id: int
+    """The attempt's fencing token: writes about the job made under it are refused once the
+    attempt is closed."""
     attempt: int
     """This attempt's number across the job's life, 1 for the first."""
+    backend: Backend
     timeout: float
     """Seconds this attempt may run before it is stopped."""
     _writer: ProgressWriter

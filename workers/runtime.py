@@ -158,7 +158,8 @@ class Worker:
             async with self.backend.connection() as conn:
                 return await leases.write_progress(conn, job.attempt_id, percent, stage, message)
 
-        run = JobRun(job_id=job.job_id, attempt=job.attempt, timeout=job.timeout_seconds,
+        run = JobRun(job_id=job.job_id, attempt_id=job.attempt_id, attempt=job.attempt,
+                     backend=self.backend, timeout=job.timeout_seconds,
                      _writer=write,
                      _interval=self.settings.progress_interval.total_seconds())
         task = asyncio.create_task(self._execute(job, run), name=f"job-{job.job_id}")
