@@ -26,6 +26,8 @@ class JobType:
     queue: str = "default"
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout: timedelta = timedelta(minutes=5)
+    upload_route: str | None = None
+    """Set for types whose input is uploaded files: they are submitted through this route."""
 
     def validate(self, payload: Any) -> msgspec.Struct:
         """The payload as this type's schema, or InvalidRequest naming the bad field."""
