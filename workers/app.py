@@ -5,13 +5,19 @@ from __future__ import annotations
 from service.backend import Backend
 from service.settings import Settings
 from workers.runtime import Handler, Worker
-from workers.tasks import system
+from workers.sandbox import Sandbox
+from workers.tasks import mesh, system
 
-HANDLERS: dict[str, Handler] = {
-    "system.noop": system.noop,
-    "system.sleep": system.sleep,
-}
+
+def make_handlers(settings: Settings) -> dict[str, Handler]:
+    """The code that runs each job type. Conversions share one sandbox of child processes."""
+    pool = Sandbox(size=settings.conversion_processes, memory_mb=settings.conversion_memory_mb)
+    return {
+        "system.noop": system.noop,
+        "system.sleep": system.sleep,
+        "mesh.convert": mesh.make_handler(pool),
+    }
 
 
 def make_worker(backend: Backend, settings: Settings, name: str | None = None) -> Worker:
-    return Worker(backend, settings, HANDLERS, name=name)
+    return Worker(backend, settings, make_handlers(settings), name=name)

@@ -8,9 +8,10 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
+from service.api import compat, ops
+from service.api import conversions as conversion_routes
 from service.api import errors as api_errors
 from service.api import jobs as job_routes
-from service.api import ops
 from service.backend import Backend
 from service.settings import Settings
 
@@ -39,6 +40,10 @@ def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
             ops.recover_stalled,
             ops.health,
             ops.ready,
+            conversion_routes.create_conversion,
+            conversion_routes.list_formats,
+            conversion_routes.job_output,
+            *compat.ROUTES,
         ],
         dependencies={
             "backend": Provide(provide_backend, sync_to_thread=False),

@@ -78,7 +78,26 @@ SYSTEM_SLEEP = JobType(
     timeout=timedelta(hours=25),
 )
 
-REGISTRY: dict[str, JobType] = {t.name: t for t in (SYSTEM_NOOP, SYSTEM_SLEEP)}
+class ConvertPayload(msgspec.Struct, forbid_unknown_fields=True):
+    """`mesh.convert`: the uploaded files (linked to the job) into `format`."""
+
+    format: str
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    reuse: bool = True
+    """Reuse an earlier output of the same input bytes, target and options."""
+
+
+MESH_CONVERT = JobType(
+    name="mesh.convert",
+    payload=ConvertPayload,
+    description="Converts an uploaded 3D mesh with trimesh; submit through /api/v1/conversions.",
+    queue="conversions",
+    retry=RetryPolicy(max_attempts=3),
+    timeout=timedelta(minutes=5),
+    upload_route="/api/v1/conversions",
+)
+
+REGISTRY: dict[str, JobType] = {t.name: t for t in (SYSTEM_NOOP, SYSTEM_SLEEP, MESH_CONVERT)}
 
 
 def get(name: str) -> JobType:

@@ -1,0 +1,120 @@
+"""`/api/v2`: the BullMQ-era converter's routes, field names and status words, unchanged, for
+front ends written against it. Errors here are `{"error": "..."}` as that service sent them."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from litestar import Request, Response, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_400_BAD_REQUEST,
+    HTTP_404_NOT_FOUND,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+
+from service import conversions, errors, jobs, queues
+from service.api import conversions as conversion_routes
+from service.backend import Backend
+from service.settings import Settings
+
+V2 = "/api/v2"
+
+# Our statuses in the words BullMQ used.
+BULLMQ_STATUS = {
+    "queued": "waiting",
+    "scheduled": "delayed",
+    "running": "active",
+    "succeeded": "completed",
+    "failed": "failed",
+    "cancelled": "failed",
+}
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response({"error": message}, status_code=status, headers=headers)
+
+
+def _v2_errors(exc: Exception) -> Response:
+    if isinstance(exc, errors.NotFound):
+        return _error(HTTP_404_NOT_FOUND, "Job not found")
+    if isinstance(exc, errors.FileTooLarge):
+        return _error(HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(exc))
+    if isinstance(exc, errors.DatabaseUnavailable):
+        return _error(HTTP_503_SERVICE_UNAVAILABLE, "Service unavailable, retry shortly",
+                      {"Retry-After": "2"})
+    return _error(HTTP_400_BAD_REQUEST, str(exc))
+
+
+def _job_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise errors.JobNotFound(raw) from None
+
+
+@post(f"{V2}/convert", status_code=HTTP_200_OK, tags=["v2 (BullMQ-era)"],
+      summary="Upload a mesh (multipart: file, format = glb)", request_max_body_size=None,
+      exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)})
+async def convert(
+    request: Request, backend: NamedDependency[Backend], settings: NamedDependency[Settings]
+) -> dict[str, str]:
+    conversion_routes.check_length(request, settings)
+    uploads, fields = await conversion_routes.read_form(request, settings)
+    job = await conversions.submit_conversion(
+        backend, uploads, fields.get("format") or "glb", {}, settings.max_upload_bytes)
+    job_id = str(job["id"])
+    return {"message": "Conversion job submitted", "jobId": job_id,
+            "statusUrl": f"{V2}/status/{job_id}"}
+
+
+@get(f"{V2}/status/{{job_id:str}}", tags=["v2 (BullMQ-era)"], summary="A job's state",
+     exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)})
+async def status(backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict[str, Any]:
+    job = await jobs.get_job(backend, _job_id(job_id))
+    body: dict[str, Any] = {"jobId": str(job["id"]), "status": BULLMQ_STATUS[job["status"]],
+                            "progress": job["progress"]}
+    if job["status"] == "succeeded":
+        result = job["result"] or {}
+        body["downloadUrl"] = f"/api/v1/jobs/{job['id']}/output"
+        body["converter"] = result.get("converter")
+        body["duration"] = result.get("duration_ms")
+    elif job["status"] == "failed":
+        body["error"] = (job["error"] or {}).get("message", "Conversion failed")
+    elif job["status"] == "cancelled":
+        body["error"] = "Job was cancelled"
+    return body
+
+
+@get(f"{V2}/queue/stats", tags=["v2 (BullMQ-era)"], summary="Counts of conversion jobs",
+     exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)})
+async def stats(backend: NamedDependency[Backend]) -> dict[str, int]:
+    counts = {"waiting": 0, "active": 0, "completed": 0, "failed": 0, "delayed": 0}
+    for queue in await queues.queue_stats(backend):
+        if queue["name"] != "conversions":
+            continue
+        for ours, n in queue["counts"].items():
+            counts[BULLMQ_STATUS[ours]] += n
+    return counts
+
+
+@delete(f"{V2}/jobs/{{job_id:str}}", status_code=HTTP_200_OK, tags=["v2 (BullMQ-era)"],
+        summary="Cancel a waiting job, or remove a finished one",
+        exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)})
+async def remove(backend: NamedDependency[Backend], job_id: FromPath[str]) -> Response:
+    parsed = _job_id(job_id)
+    job = await jobs.get_job(backend, parsed)
+    if job["status"] == "running":
+        return _error(HTTP_400_BAD_REQUEST, "Cannot cancel active job")
+    if job["status"] in ("queued", "scheduled"):
+        await jobs.cancel_job(backend, parsed)
+    else:
+        await jobs.delete_job(backend, parsed)
+    return Response({"message": "Job cancelled", "jobId": str(parsed)}, status_code=HTTP_200_OK)
+
+
+ROUTES = [convert, status, stats, remove]

@@ -1,0 +1,102 @@
+"""Routes for conversions: upload, formats, and a job's output file."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import UploadFile
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+from litestar.response import Stream
+from litestar.status_codes import HTTP_201_CREATED
+
+from service import conversions, errors
+from service.api import schemas
+from service.backend import Backend
+from service.domain import formats
+from service.settings import Settings
+from service.storage import PostgresFileStore
+
+# Upload parts are read in pieces of this size; Litestar has spooled them to disk already.
+READ_SIZE = 1024 * 1024
+# The multipart body may hold the files plus a little form data.
+FORM_OVERHEAD = 1_000_000
+
+
+async def read_form(request: Request, settings: Settings) -> tuple[list[conversions.Upload],
+                                                                    dict[str, str]]:
+    """Upload parts named `file` and the other form fields."""
+    form = await request.form()
+    uploads = []
+    fields: dict[str, str] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if key == "file":
+                uploads.append(conversions.Upload(value.filename or "", value.content_type
+                                                  or "application/octet-stream", _chunks(value)))
+        else:
+            fields[key] = str(value)
+    return uploads, fields
+
+
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(READ_SIZE):
+        yield chunk
+
+
+def upload_limit(settings: Settings) -> int:
+    return settings.max_upload_bytes + FORM_OVERHEAD
+
+
+@post(f"{schemas.API}/conversions", status_code=HTTP_201_CREATED, tags=["conversions"],
+      summary="Upload a mesh and convert it in the background",
+      description="multipart/form-data: `file` (one or more parts: the mesh with its .mtl, .bin "
+      "or textures, or one .zip), `format` (target), optional `options` (JSON object), "
+      "`reuse` (false to convert again even if the same input was converted before), "
+      "`timeout_seconds`.",
+      request_max_body_size=None)
+async def create_conversion(
+    request: Request, backend: NamedDependency[Backend], settings: NamedDependency[Settings]
+) -> Response[dict[str, Any]]:
+    check_length(request, settings)
+    uploads, fields = await read_form(request, settings)
+    job = await conversions.submit_conversion(
+        backend, uploads, fields.get("format"), conversions.parse_options(fields.get("options")),
+        settings.max_upload_bytes, reuse=fields.get("reuse", "true").lower() != "false",
+        timeout_seconds=conversions.parse_seconds(fields.get("timeout_seconds"),
+                                                  "timeout_seconds"))
+    body = schemas.job_json(job)
+    return Response(body, status_code=HTTP_201_CREATED, headers={"Location": body["links"]["self"]})
+
+
+def check_length(request: Request, settings: Settings) -> None:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > upload_limit(settings):
+        raise errors.FileTooLarge("upload", settings.max_upload_bytes)
+
+
+@get(f"{schemas.API}/formats", tags=["conversions"], summary="Formats that convert")
+async def list_formats() -> dict[str, list[str]]:
+    return {"input": sorted(formats.INPUT_FORMATS), "output": sorted(formats.OUTPUT_FORMATS)}
+
+
+@get(f"{schemas.API}/jobs/{{job_id:str}}/output", tags=["jobs"],
+     summary="Download a job's output file")
+async def job_output(backend: NamedDependency[Backend], job_id: FromPath[str]) -> Stream:
+    try:
+        parsed = uuid.UUID(job_id)
+    except ValueError:
+        raise errors.JobNotFound(job_id) from None
+    info, filename = await conversions.output(backend, parsed)
+    return Stream(
+        PostgresFileStore(backend).read(info.id),
+        media_type=info.content_type,
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Content-Length": str(info.size),
+            "X-Content-SHA256": info.sha256,
+        },
+    )

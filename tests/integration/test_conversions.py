@@ -1,0 +1,172 @@
+"""Conversions end to end: upload through the API, a real worker converts, download."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import httpx
+import pytest
+import trimesh
+
+from service.api.app import create_app
+from service.settings import Settings
+from tests.integration.test_worker import eventually, history, status_is
+
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+
+
+def parts(*names: str) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("file", (n, (CORPUS / n).read_bytes(), "application/octet-stream")) for n in names]
+
+
+async def upload(client, *names: str, fmt: str = "glb", **fields) -> httpx.Response:
+    return await client.post("/api/v1/conversions", files=parts(*names),
+                              data={"format": fmt, **fields})
+
+
+async def test_formats_lists_what_converts(client):
+    body = (await client.get("/api/v1/formats")).json()
+    assert {"obj", "stl", "ply", "off", "glb", "gltf", "dae", "3mf"} <= set(body["input"])
+    assert {"glb", "gltf", "obj", "stl", "ply", "off"} <= set(body["output"])
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "status", "field"),
+    [
+        ([], {"format": "glb"}, 422, "file"),
+        (parts("cube.OBJ"), {"format": "fbx"}, 422, "format"),
+        ([("file", ("model.fbx", b"FBX", "application/octet-stream"))], {"format": "glb"}, 422,
+         "file"),
+        ([("file", ("cube.obj", b"", "text/plain"))], {"format": "glb"}, 422, "file"),
+        (parts("cube.OBJ"), {"format": "glb", "options": "{not json"}, 422, "options"),
+    ],
+)
+async def test_bad_uploads_get_a_4xx_naming_the_problem(client, files, data, status, field):
+    response = await client.post("/api/v1/conversions", files=files or None, data=data)
+    assert response.status_code == status, response.text
+    assert field in [e["field"] for e in response.json()["errors"]]
+
+
+async def test_upload_over_the_limit_gets_413(backend, database_url):
+    settings = Settings(database_url=database_url, max_upload_bytes=5000)
+    transport = httpx.ASGITransport(app=create_app(settings, backend))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as small:
+        response = await upload(small, "bunny.ply")
+    assert response.status_code == 413
+    assert "limit" in response.json()["detail"]
+
+
+async def test_mesh_convert_cannot_be_submitted_without_files(client):
+    response = await client.post("/api/v1/jobs", json={"type": "mesh.convert",
+                                                       "payload": {"format": "glb"}})
+    assert response.status_code == 422
+    assert "/api/v1/conversions" in response.json()["detail"]
+
+
+async def test_obj_converts_to_glb_and_downloads_with_its_name(client, start_worker):
+    response = await upload(client, "rabbit.obj", "rabbit.mtl")
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["type"] == "mesh.convert" and job["queue"] == "conversions"
+    assert (await client.get(f"/api/v1/jobs/{job['id']}/output")).status_code == 404
+    start_worker()
+    done = await eventually(status_is(client, job["id"], "succeeded", "failed"), timeout=60)
+    assert done["status"] == "succeeded", done["error"]
+    result = done["result"]
+    assert result["input_format"] == "obj" and result["output_format"] == "glb"
+    assert result["faces"] == 1252 and result["converter"] == "trimesh"
+    assert result["duration_ms"] >= 0 and result["output_bytes"] > 0
+    stages = [e for e in (await history(client, job["id"]))["items"]]
+    assert stages[-1]["event"] == "succeeded"
+    download = await client.get(f"/api/v1/jobs/{job['id']}/output")
+    assert download.status_code == 200
+    assert download.headers["content-type"].startswith("model/gltf-binary")
+    assert 'filename="rabbit.glb"' in download.headers["content-disposition"]
+    back = trimesh.load(io.BytesIO(download.content), file_type="glb")
+    assert sum(len(g.faces) for g in back.geometry.values()) == 1252
+
+
+async def test_same_input_again_reuses_the_output(client, backend, start_worker):
+    start_worker()
+    first = (await upload(client, "cube.OBJ", fmt="stl")).json()
+    await eventually(status_is(client, first["id"], "succeeded"), timeout=60)
+    second = (await upload(client, "cube.OBJ", fmt="stl")).json()
+    done = await eventually(status_is(client, second["id"], "succeeded"), timeout=60)
+    assert done["result"]["reused"] is True
+    async with backend.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM job_files WHERE role = 'output'") == 2
+        assert await conn.fetchval(
+            "SELECT count(DISTINCT file_id) FROM job_files WHERE role = 'output'") == 1
+    await client.delete(f"/api/v1/jobs/{first['id']}")
+    assert (await client.get(f"/api/v1/jobs/{second['id']}/output")).status_code == 200
+    await client.delete(f"/api/v1/jobs/{second['id']}")
+    async with backend.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM files") == 0, "files go with their jobs"
+
+
+async def test_broken_file_fails_for_good_with_a_reason(client, start_worker):
+    start_worker()
+    job = (await upload(client, "empty.obj")).json()
+    failed = await eventually(status_is(client, job["id"], "failed"), timeout=60)
+    assert failed["attempts"] == 1
+    assert failed["error"]["type"] == "InvalidMesh"
+    assert "no geometry" in failed["error"]["message"]
+
+
+async def test_conversion_past_its_timeout_fails_and_the_worker_goes_on(
+    client, start_worker, tmp_path
+):
+    start_worker()
+    sphere = trimesh.creation.icosphere(subdivisions=7)
+    data = sphere.export(file_type="obj").encode()
+    response = await client.post(
+        "/api/v1/conversions", files=[("file", ("sphere.obj", data, "text/plain"))],
+        data={"format": "glb", "timeout_seconds": "0.2"})
+    assert response.status_code == 201, response.text
+    failed = await eventually(status_is(client, response.json()["id"], "failed"), timeout=60)
+    assert failed["error"]["type"] == "JobTimeout"
+    after = (await upload(client, "cube.OBJ")).json()
+    await eventually(status_is(client, after["id"], "succeeded"), timeout=60)
+
+
+async def test_v2_client_submits_polls_and_downloads(client, start_worker):
+    start_worker()
+    response = await client.post("/api/v2/convert", files=parts("Duck.glb"))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["message"] == "Conversion job submitted"
+    assert body["statusUrl"] == f"/api/v2/status/{body['jobId']}"
+
+    async def completed() -> dict | None:
+        status = (await client.get(body["statusUrl"])).json()
+        assert status["status"] in ("waiting", "delayed", "active", "completed", "failed")
+        assert 0 <= status["progress"] <= 100
+        return status if status["status"] in ("completed", "failed") else None
+
+    status = await eventually(completed, timeout=60)
+    assert status["status"] == "completed", status
+    assert status["converter"] == "trimesh" and status["duration"] >= 0
+    download = await client.get(status["downloadUrl"])
+    assert download.status_code == 200 and download.content[:4] == b"glTF"
+    stats = (await client.get("/api/v2/queue/stats")).json()
+    assert stats["completed"] == 1 and set(stats) == {
+        "waiting", "active", "completed", "failed", "delayed"}
+
+
+async def test_v2_errors_keep_their_old_shape(client, start_worker):
+    assert (await client.get("/api/v2/status/nope")).json() == {"error": "Job not found"}
+    assert (await client.get("/api/v2/status/nope")).status_code == 404
+    assert (await client.delete("/api/v2/jobs/nope")).status_code == 404
+    waiting = (await client.post("/api/v2/convert", files=parts("cube.OBJ"))).json()
+    removed = await client.delete(f"/api/v2/jobs/{waiting['jobId']}")
+    assert removed.json() == {"message": "Job cancelled", "jobId": waiting["jobId"]}
+    broken = (await client.post("/api/v2/convert", files=parts("empty.stl"))).json()
+    start_worker()
+
+    async def failed() -> dict | None:
+        status = (await client.get(broken["statusUrl"])).json()
+        return status if status["status"] == "failed" else None
+
+    status = await eventually(failed, timeout=60)
+    assert "no geometry" in status["error"]

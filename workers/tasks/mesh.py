@@ -1,0 +1,124 @@
+"""`mesh.convert`: load the uploaded files, convert them in the sandbox, store the output."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from service import conversions, errors
+from service.domain.jobtypes import ConvertPayload
+from service.storage import FileInfo, PostgresFileStore
+from workers import convert, sandbox
+from workers.progress import JobRun
+from workers.runtime import Handler
+
+
+def cache_key(inputs: list[FileInfo], payload: ConvertPayload) -> str:
+    """Content address of a conversion: the input bytes and names, the target, the options."""
+    material = msgspec.json.encode(
+        [[[f.name, f.sha256] for f in inputs], payload.format, payload.options], order="sorted")
+    return hashlib.sha256(material).hexdigest()
+
+
+def make_handler(pool: sandbox.Sandbox) -> Handler:
+    """The mesh.convert job function, converting in `pool`'s child processes."""
+
+    async def convert_mesh(run: JobRun, payload: ConvertPayload) -> dict[str, Any]:
+        store = PostgresFileStore(run.backend)
+        inputs = await conversions.job_files(run.backend, run.job_id, "input")
+        if not inputs:
+            raise errors.PermanentJobError("This job has no input files to convert.")
+        key = cache_key(inputs, payload)
+        if payload.reuse and (reused := await _reuse(run, key)) is not None:
+            return reused
+        await run.progress(5, stage="stored")
+        with tempfile.TemporaryDirectory(prefix="jobq-convert-") as work:
+            folder = Path(work)
+            files = [(f.name, await _download(store, f, folder / "in")) for f in inputs]
+            await run.progress(10, stage="loading")
+
+            async def report(percent: int, stage: str) -> None:
+                await run.progress(10 + percent * 0.8, stage=stage)
+
+            started = time.monotonic()
+            try:
+                result = await pool.run(convert.convert, files, payload.format, payload.options,
+                                        folder / "out", timeout=run.timeout,
+                                        on_progress=report)
+            except sandbox.SandboxTimeout:
+                raise errors.PermanentJobError(
+                    f"The conversion ran longer than {run.timeout:g} s and was stopped.") from None
+            except sandbox.SandboxCrashed as exc:
+                raise convert.InvalidMesh(str(exc)) from None
+            await run.progress(90, stage="saving")
+            stats = {**result.stats, "duration_ms": round((time.monotonic() - started) * 1000)}
+            await _save(run, store, result.path, result.filename, payload.format, key, stats)
+        return stats
+
+    return convert_mesh
+
+
+async def _download(store: PostgresFileStore, info: FileInfo, folder: Path) -> Path:
+    # The stored name is already a safe base name; it is kept because sidecar references
+    # (mtllib, glTF buffer uris) name the other files.
+    folder.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+    path = folder / info.name
+    # Local-disk writes of 1 MiB pieces take about a millisecond: not worth a thread.
+    with open(path, "wb") as out:  # noqa: ASYNC230
+        async for chunk in store.read(info.id):
+            out.write(chunk)
+    return path
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with open(path, "rb") as source:  # noqa: ASYNC230 (as above)
+        while chunk := source.read(1024 * 1024):
+            yield chunk
+
+
+async def _fenced(run: JobRun, conn) -> None:
+    """Lock this attempt's lease for the transaction, or refuse: the job moved elsewhere."""
+    held = await conn.fetchval(
+        "SELECT 1 FROM job_attempts WHERE id = $1 AND finished_at IS NULL FOR UPDATE",
+        run.attempt_id)
+    if not held:
+        raise errors.PermanentJobError("the lease on this job was lost; output not stored")
+
+
+async def _save(run: JobRun, store: PostgresFileStore, path: Path, filename: str, fmt: str,
+                key: str, stats: dict[str, Any]) -> None:
+    """Store the output, link it to the job and remember it for reuse: one fenced transaction."""
+    from service.domain import formats
+
+    async with run.backend.transaction() as conn:
+        await _fenced(run, conn)
+        await conn.execute(
+            "DELETE FROM job_files WHERE job_id = $1 AND role = 'output'", run.job_id)
+        info = await store.save(conn, _file_chunks(path), filename, formats.content_type(fmt))
+        await conversions.link(conn, run.job_id, "output", 0, info.id)
+        stats["output_bytes"] = info.size
+        stats["output_sha256"] = info.sha256
+        await conn.execute(
+            "INSERT INTO conversion_cache (key, output_file_id, result) VALUES ($1, $2, $3) "
+            "ON CONFLICT (key) DO NOTHING",
+            key, info.id, msgspec.json.encode(stats).decode())
+
+
+async def _reuse(run: JobRun, key: str) -> dict[str, Any] | None:
+    """An earlier conversion of the same inputs, target and options, linked to this job."""
+    async with run.backend.transaction() as conn:
+        row = await conn.fetchrow(
+            "SELECT output_file_id, result FROM conversion_cache WHERE key = $1 FOR SHARE", key)
+        if row is None:
+            return None
+        await _fenced(run, conn)
+        await conn.execute(
+            "DELETE FROM job_files WHERE job_id = $1 AND role = 'output'", run.job_id)
+        await conversions.link(conn, run.job_id, "output", 0, row["output_file_id"])
+    return {**row["result"], "reused": True}
