@@ -170,3 +170,38 @@ async def test_v2_errors_keep_their_old_shape(client, start_worker):
 
     status = await eventually(failed, timeout=60)
     assert "no geometry" in status["error"]
+
+
+V2_MODELS = [
+    ["20mm-xyz-cube.stl"], ["Duck.glb"], ["P_XPM_0331_01.3mf"],
+    ["TestScene.gltf", "TestScene.bin"], ["ballA.off"], ["bunny.ply"], ["busted.STL"],
+    ["comments.off"], ["cube.OBJ"], ["cube_invalid_shininess.dae"], ["multibody.stl"],
+    ["notenoughindices.obj"], ["obj_points.obj"], ["points_ascii.ply"],
+    ["points_cloudcompare.xyz"], ["rabbit.obj", "rabbit.mtl"],
+]
+
+
+async def test_v2_gives_a_glb_for_every_loadable_model_and_a_reason_for_broken_ones(
+    client, start_worker
+):
+    start_worker()
+    submitted = {}
+    for names in [*V2_MODELS, ["empty.obj"], ["empty.stl"]]:
+        response = await client.post("/api/v2/convert", files=parts(*names))
+        assert response.status_code == 200, (names, response.text)
+        submitted[names[0]] = response.json()["statusUrl"]
+
+    async def all_done() -> dict | None:
+        states = {name: (await client.get(url)).json() for name, url in submitted.items()}
+        finished = all(s["status"] in ("completed", "failed") for s in states.values())
+        return states if finished else None
+
+    states = await eventually(all_done, timeout=120, interval=0.5)
+    for name, state in states.items():
+        if name.startswith("empty"):
+            assert state["status"] == "failed" and "no geometry" in state["error"], state
+            continue
+        assert state["status"] == "completed", (name, state)
+        glb = (await client.get(state["downloadUrl"])).content
+        back = trimesh.load(io.BytesIO(glb), file_type="glb")
+        assert len(back.geometry) >= 1 and back.bounds is not None, name

@@ -153,3 +153,22 @@ async def test_pause_is_obeyed_within_a_second_and_survives_restarts(
     await all_finished(backend, ids)
     async with backend.connection() as conn:
         await check_ledger(conn, ids)
+
+
+async def test_cpu_heavy_conversion_is_never_declared_stalled(client, start_worker):
+    """The conversion burns CPU longer than the stall timeout; its worker lives, so the job
+    keeps its single attempt."""
+    import trimesh
+
+    start_worker(env={**FAST, "JOBQ_STALL_TIMEOUT_SECONDS": "1",
+                      "JOBQ_HEARTBEAT_SECONDS": "0.2"})
+    sphere = trimesh.creation.icosphere(subdivisions=8).export(file_type="obj").encode()
+    response = await client.post(
+        "/api/v1/conversions", files=[("file", ("sphere.obj", sphere, "text/plain"))],
+        data={"format": "glb"})
+    job = response.json()
+    done = await eventually(status_is(client, job["id"], "succeeded", "failed"), timeout=120)
+    assert done["status"] == "succeeded", done["error"]
+    record = await history(client, job["id"])
+    assert [a["outcome"] for a in record["attempts"]] == ["succeeded"]
+    assert done["result"]["convert_seconds"] > 1, "it must outlast the 1 s stall timeout"
