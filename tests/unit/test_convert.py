@@ -183,3 +183,38 @@ def test_a_200k_face_mesh_converts(tmp_path):
     sphere.export(path)
     result = run([("sphere.obj", path)], "glb", tmp_path)
     assert result.stats["faces"] == len(sphere.faces) >= 200_000
+
+
+def billion_laughs(root: str) -> bytes:
+    entities = '<!ENTITY l0 "lolololololololol">' + "".join(
+        f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">' for i in range(1, 10))
+    return (f'<?xml version="1.0"?><!DOCTYPE r [{entities}]>'
+            f"{root.replace('BOMB', '&l9;')}").encode()
+
+
+def test_xml_bomb_in_collada_fails_fast(tmp_path):
+    dae = billion_laughs('<COLLADA xmlns="http://www.collada.org/2005/11/COLLADASchema" '
+                         'version="1.4.1"><asset><contributor><author>BOMB</author>'
+                         "</contributor></asset></COLLADA>")
+    with pytest.raises(convert.InvalidMesh, match="could not be read"):
+        run(write(tmp_path, "bomb.dae", dae), "glb", tmp_path)
+
+
+def test_xml_bomb_in_3mf_fails_fast(tmp_path):
+    model = billion_laughs('<model xmlns="http://schemas.microsoft.com/3dmanufacturing/core/'
+                           '2015/02"><metadata name="x">BOMB</metadata><resources/><build/>'
+                           "</model>")
+    archive = zipped({"3D/3dmodel.model": model, "[Content_Types].xml": b"<Types/>"})
+    with pytest.raises(convert.InvalidMesh):
+        run(write(tmp_path, "bomb.3mf", archive), "glb", tmp_path)
+
+
+def test_our_own_outputs_convert_again(tmp_path):
+    """Embedded-buffer glTF and binary PLY, as we write them, are inputs too."""
+    gltf = run(corpus(["Duck.glb"]), "gltf", tmp_path / "a")
+    again = run([(gltf.filename, gltf.path)], "glb", tmp_path / "b")
+    assert again.stats["faces"] == gltf.stats["faces"] == 4212
+    ply = run(corpus(["bunny.ply"]), "ply", tmp_path / "c")
+    assert not ply.path.read_bytes()[:200].count(b"ascii")  # binary
+    stl = run([(ply.filename, ply.path)], "stl", tmp_path / "d")
+    assert stl.stats["faces"] == 16301
