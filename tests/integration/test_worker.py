@@ -70,7 +70,7 @@ async def test_sleep_job_goes_queued_running_with_progress_succeeded(client, sta
     running = [progress for status, progress in seen if status == "running"]
     assert any(0 < p < 100 for p in running), seen
     assert running == sorted(running), "progress never goes back"
-    assert done["progress"] == 100
+    assert done["progress"] == 100 and done["stage"] is None
     assert done["attempts"] == 1
     assert done["result"]["slept_seconds"] >= 1.4
     assert done["started_at"] and done["finished_at"]
