@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +24,7 @@ from tests.integration.conftest import (  # noqa: F401
     settings,
     start_worker,
 )
+from tests.support import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -35,12 +35,6 @@ FAST = {
     "JOBQ_POLL_SECONDS": "0.2",
 }
 """Settings that make failure detection quick enough for a test."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ApiProcess:
