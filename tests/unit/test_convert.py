@@ -218,3 +218,29 @@ def test_our_own_outputs_convert_again(tmp_path):
     assert not ply.path.read_bytes()[:200].count(b"ascii")  # binary
     stl = run([(ply.filename, ply.path)], "stl", tmp_path / "d")
     assert stl.stats["faces"] == 16301
+
+
+def glb(document: dict, binary: bytes) -> bytes:
+    import json
+    import struct
+
+    text = json.dumps(document).encode()
+    text += b" " * (-len(text) % 4)
+    binary += b"\x00" * (-len(binary) % 4)
+    chunks = (struct.pack("<I4s", len(text), b"JSON") + text
+              + struct.pack("<I4s", len(binary), b"BIN\x00") + binary)
+    return struct.pack("<4sII", b"glTF", 2, 12 + len(chunks)) + chunks
+
+
+def test_glb_declaring_a_billion_vertices_fails_without_allocating_them(tmp_path):
+    document = {
+        "asset": {"version": "2.0"},
+        "buffers": [{"byteLength": 36}],
+        "bufferViews": [{"buffer": 0, "byteLength": 36}],
+        "accessors": [{"bufferView": 0, "componentType": 5126, "count": 1_000_000_000,
+                       "type": "VEC3"}],
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 0}}]}],
+        "nodes": [{"mesh": 0}], "scenes": [{"nodes": [0]}], "scene": 0,
+    }
+    with pytest.raises(convert.InvalidMesh):
+        run(write(tmp_path, "bomb.glb", glb(document, bytes(36))), "stl", tmp_path)
