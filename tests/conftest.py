@@ -10,7 +10,6 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,19 +17,21 @@ from service.db import admin, migrate
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_url() -> Iterator[str]:
     """URL of a PostgreSQL server the tests may create databases on."""
     url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
     if url:
         yield url
         return
     from service.db.embedded import EmbeddedPostgres
+    from tests.support import scratch_dir
 
-    server = EmbeddedPostgres(Path(tmp_path_factory.mktemp("embedded-pg")) / "data")
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+    with scratch_dir("jobq-test-pg-") as directory:
+        server = EmbeddedPostgres(directory / "data")
+        try:
+            yield server.start()
+        finally:
+            server.stop()
 
 
 async def new_database(server_url: str, prefix: str = "jobq_test") -> str:

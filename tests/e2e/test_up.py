@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port
+from tests.support import free_port, scratch_dir
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,11 @@ def postmaster_alive(data_dir: Path) -> bool:
 
 
 async def test_up_runs_a_job_and_keeps_it_across_a_restart(tmp_path: Path):
-    data_dir = tmp_path / "jobq-data"
+    with scratch_dir("jobq-up-") as directory:
+        await _up_and_restart(directory / "jobq-data", tmp_path)
+
+
+async def _up_and_restart(data_dir: Path, tmp_path: Path) -> None:
     log = tmp_path / "up.log"
     async with httpx.AsyncClient(timeout=10) as client:
         up = Up(data_dir, log)

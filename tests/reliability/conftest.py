@@ -24,7 +24,7 @@ from tests.integration.conftest import (  # noqa: F401
     settings,
     start_worker,
 )
-from tests.support import free_port
+from tests.support import free_port, scratch_dir
 
 pytestmark = pytest.mark.slow
 
@@ -97,8 +97,9 @@ class OwnedCluster:
 
 
 @pytest.fixture
-async def owned_cluster(tmp_path: Path) -> AsyncIterator[OwnedCluster]:
-    cluster = OwnedCluster(tmp_path / "owned-pg")
-    await cluster.open()
-    yield cluster
-    cluster.stop()
+async def owned_cluster() -> AsyncIterator[OwnedCluster]:
+    with scratch_dir("jobq-owned-pg-") as directory:
+        cluster = OwnedCluster(directory / "owned-pg")
+        await cluster.open()
+        yield cluster
+        cluster.stop()
