@@ -9,9 +9,8 @@ from workers.sandbox import Sandbox
 from workers.tasks import mesh, system
 
 
-def make_handlers(settings: Settings) -> dict[str, Handler]:
+def make_handlers(settings: Settings, pool: Sandbox) -> dict[str, Handler]:
     """The code that runs each job type. Conversions share one sandbox of child processes."""
-    pool = Sandbox(size=settings.conversion_processes, memory_mb=settings.conversion_memory_mb)
     return {
         "system.noop": system.noop,
         "system.sleep": system.sleep,
@@ -20,4 +19,5 @@ def make_handlers(settings: Settings) -> dict[str, Handler]:
 
 
 def make_worker(backend: Backend, settings: Settings, name: str | None = None) -> Worker:
-    return Worker(backend, settings, make_handlers(settings), name=name)
+    pool = Sandbox(size=settings.conversion_processes, memory_mb=settings.conversion_memory_mb)
+    return Worker(backend, settings, make_handlers(settings, pool), name=name, resources=[pool])

@@ -57,7 +57,8 @@ class Worker:
     """One worker process's job loop."""
 
     def __init__(self, backend: Backend, settings: Settings, handlers: dict[str, Handler],
-                 name: str | None = None) -> None:
+                 name: str | None = None,
+                 resources: list[Any] | None = None) -> None:
         self.backend = backend
         self.settings = settings
         self.handlers = handlers
@@ -70,6 +71,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._immediate = asyncio.Event()
         self._background: list[asyncio.Task] = []
+        # Things with async start() and close() that live as long as the worker (the sandbox).
+        self._resources = resources or []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -86,6 +89,8 @@ class Worker:
 
     async def run(self) -> None:
         """Work until request_stop(); then drain and unregister."""
+        for resource in self._resources:
+            await resource.start()
         await self._register()
         self._background = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -100,6 +105,8 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
             await self._unregister()
+            for resource in self._resources:
+                await resource.close()
 
     async def _register(self) -> None:
         while True:
