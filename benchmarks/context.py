@@ -1,0 +1,81 @@
+"""What every benchmark is given: the sizes of a run, the database and the shared clients."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import procrastinate
+
+from service.backend import Backend
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+BATCH = 1000
+"""Jobs per batch: `POST /api/v1/jobs/batch`, `jobs.enqueue` and `batch_defer_async` alike
+(the API's maximum)."""
+
+CLIENTS = 32
+"""Concurrent HTTP clients (and concurrent stock deferrers) in the concurrent enqueue test."""
+
+ARRIVAL_RATE = 100.0
+"""Jobs per second arriving one by one in the latency test."""
+
+
+@dataclass(frozen=True)
+class Size:
+    """How much work one run does."""
+
+    name: str
+    repetitions: int
+    drain_jobs: int
+    """Jobs queued before each drain starts."""
+    api_single: int
+    """`POST /api/v1/jobs` requests from one client (and single deferrals from Python)."""
+    api_concurrent: int
+    """Requests in all from CLIENTS concurrent clients (and concurrent stock deferrals)."""
+    batches: int
+    """Batches of BATCH jobs, through the API, `jobs.enqueue` and `batch_defer_async`."""
+    latency_jobs: int
+    """Jobs arriving at ARRIVAL_RATE onto an idle worker."""
+
+
+SIZES = {
+    "smoke": Size("smoke", repetitions=1, drain_jobs=300, api_single=30, api_concurrent=64,
+                  batches=1, latency_jobs=30),
+    "full": Size("full", repetitions=3, drain_jobs=20_000, api_single=2_000,
+                 api_concurrent=4_000, batches=10, latency_jobs=1_000),
+}
+
+
+@dataclass
+class Context:
+    """One run's database and clients, shared by every benchmark."""
+
+    size: Size
+    database_url: str
+    backend: Backend
+    """jobq's pool in this process: queues jobs, enqueues from Python, polls progress."""
+    stock: procrastinate.App
+    """Procrastinate on its own psycopg connector, for the baseline's deferrals."""
+    log_dir: Path
+    """Where started processes write their output."""
+
+    def child_env(self) -> dict[str, str]:
+        """The environment of the processes a benchmark starts: ours, on the run's database."""
+        return {**os.environ, "DATABASE_URL": self.database_url,
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT),
+                                                            os.environ.get("PYTHONPATH")]))}
+
+
+Figures = dict[str, float]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement, run once per repetition; returns figures by key (see figures.py)."""
+
+    name: str
+    run: Callable[[Context], Awaitable[Figures]]

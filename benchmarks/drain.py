@@ -1,0 +1,164 @@
+"""Drain: N no-op jobs already queued, emptied by real worker processes.
+
+The workers start while the benchmark holds an EXCLUSIVE lock on procrastinate_jobs: they
+register, then their first claim waits on the lock (reads go on, so heartbeats do). Once
+every worker has said it registered, the lock is released: that is the start signal, the same
+moment for all of them, and the clock starts. It stops at the last job's `succeeded` event,
+read from the database's clock. Worker CPU is each process's CPU time from the start signal
+to the end, so start-up (imports, the conversion forkserver) is not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from benchmarks import database, processes, stock, stock_app
+from benchmarks.context import Case, Context, Figures
+from service.backend import Backend
+
+POLL_SECONDS = 0.2
+"""How often the benchmark asks whether the queue is empty; the end time comes from the
+database, so this only delays noticing it."""
+
+START_TIMEOUT = 60.0
+"""Seconds a worker may take to start and register."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    processes: int
+    concurrency: int
+
+
+VARIANTS = (Variant("c1", 1, 1), Variant("c10", 1, 10), Variant("2x10", 2, 10))
+
+
+def cases() -> list[Case]:
+    """jobq and stock, side by side, for each variant."""
+    return [
+        case
+        for variant in VARIANTS
+        for case in (Case(f"drain jobq {variant.key}", lambda ctx, v=variant: jobq(ctx, v)),
+                     Case(f"drain stock {variant.key}", lambda ctx, v=variant: baseline(ctx, v)))
+    ]
+
+
+async def jobq(ctx: Context, variant: Variant) -> Figures:
+    count = ctx.size.drain_jobs
+    await database.queue_noop_jobs(ctx.backend, count)
+    workers: list[processes.Child] = []
+    try:
+        async with _held(ctx.backend) as release:
+            workers += [await processes.jobq_worker(ctx, variant.concurrency, number)
+                        for number in range(variant.processes)]
+            for worker in workers:
+                await worker.sighting(processes.JOBQ_REGISTERED, START_TIMEOUT)
+            cpu_before = [w.cpu_seconds() for w in workers]
+            started = await release()
+        end = await wait_until_done(ctx.backend, count, workers, must_stay_alive=True)
+        cpu = sum(w.cpu_seconds() for w in workers) - sum(cpu_before)
+        peak = max(w.memory_mib("VmHWM") for w in workers)
+    finally:
+        await processes.stop_all(workers)
+    figures = _rates("jobq", variant, count, end - started, cpu)
+    if variant.key == "c10":
+        figures["jobq.memory.worker.peak_rss_mb"] = peak
+    return figures
+
+
+async def baseline(ctx: Context, variant: Variant) -> Figures:
+    count = ctx.size.drain_jobs
+    await stock.queue_noop_jobs(ctx.stock, count)
+    workers: list[processes.Child] = []
+    try:
+        async with _held(ctx.backend) as release:
+            workers += [await stock.worker(ctx, variant.concurrency, wait=False, number=number)
+                        for number in range(variant.processes)]
+            for worker in workers:
+                await worker.sighting(stock_app.REGISTERED, START_TIMEOUT)
+            cpu_before = [w.cpu_seconds() for w in workers]
+            started = await release()
+        end = await wait_until_done(ctx.backend, count, workers, must_stay_alive=False)
+        # A draining stock worker exits once the queue is empty, so it reports its own usage.
+        stopped = [stock_app.parse_usage((await w.sighting(stock_app.STOPPED, START_TIMEOUT))
+                                         .line) for w in workers]
+    finally:
+        await processes.stop_all(workers)
+    cpu = sum(s["cpu_s"] for s in stopped) - sum(cpu_before)
+    figures = _rates("stock", variant, count, end - started, cpu)
+    if variant.key == "c10":
+        figures["stock.memory.worker.peak_rss_mb"] = stopped[0]["maxrss_kib"] / 1024
+    return figures
+
+
+@contextlib.asynccontextmanager
+async def _held(backend: Backend) -> AsyncIterator[Callable[[], Awaitable[float]]]:
+    """Hold procrastinate_jobs so that no job can be claimed; yields `release`, which lets
+    the workers go and returns time.monotonic() of that moment."""
+    async with backend.connection() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        released = False
+
+        async def release() -> float:
+            nonlocal released
+            await transaction.rollback()
+            released = True
+            return time.monotonic()
+
+        try:
+            await conn.execute("LOCK TABLE procrastinate_jobs IN EXCLUSIVE MODE")
+            yield release
+        finally:
+            if not released:
+                await transaction.rollback()
+
+
+def _rates(system: str, variant: Variant, count: int, seconds: float, cpu: float) -> Figures:
+    prefix = f"{system}.drain.{variant.key}"
+    return {f"{prefix}.jobs_per_s": count / seconds,
+            f"{prefix}.cpu_ms_per_job": cpu / count * 1000}
+
+
+async def wait_until_done(backend: Backend, count: int, workers: list[processes.Child],
+                          must_stay_alive: bool) -> float:
+    """Wait until no job is left to do; returns time.monotonic() of the last `succeeded`
+    event. Raises if a job did not succeed, or if the work stopped before the end."""
+    deadline = time.monotonic() + START_TIMEOUT + count / 20
+    while True:
+        async with backend.connection() as conn:
+            left = await conn.fetchval(
+                "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')")
+        if left == 0:
+            return await _last_success(backend, count)
+        if must_stay_alive:
+            for worker in workers:
+                worker.check_alive()
+        elif all(w.process.returncode is not None for w in workers):
+            raise processes.ChildFailed(
+                f"the workers exited with {left} jobs left\n{workers[0].log_tail()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{left} of {count} jobs still queued or running")
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def _last_success(backend: Backend, count: int) -> float:
+    async with backend.connection() as conn:
+        before = time.monotonic()
+        row = await conn.fetchrow(
+            """
+            SELECT (SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded')
+                       AS succeeded,
+                   extract(epoch FROM clock_timestamp() - max(at))::float8 AS ago
+            FROM procrastinate_events WHERE type = 'succeeded'
+            """)
+        after = time.monotonic()
+    if row["succeeded"] != count:
+        raise RuntimeError(f"{row['succeeded']} of {count} jobs succeeded; the rest did not")
+    # The database's "how long ago", taken halfway through the round trip.
+    return (before + after) / 2 - row["ago"]

@@ -1,0 +1,169 @@
+"""Enqueue: how fast jobs get in, through a real `jobq serve` process, through `jobs.enqueue`
+from Python, and (the baseline) through Procrastinate's own `defer_async`.
+
+No worker runs; the tables are emptied before each measurement. Latencies are measured by
+the client, per request (or per transaction). The HTTP clients share this process's CPU with
+nothing else of the benchmark, but on a small machine they compete with the API server for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from benchmarks import database, processes, stock
+from benchmarks.context import BATCH, CLIENTS, Case, Context, Figures
+from benchmarks.figures import latency_figures
+from service import jobs
+
+READY_TIMEOUT = 60.0
+WARM_UP = 50
+"""Requests (or deferrals) before measuring: connections opened, statements prepared."""
+
+Operation = Callable[[], Awaitable[None]]
+
+
+def cases() -> list[Case]:
+    return [Case("enqueue jobq API", api), Case("enqueue jobq Python", python),
+            Case("enqueue stock defer", baseline)]
+
+
+async def api(ctx: Context) -> Figures:
+    port = processes.free_port()
+    server = await processes.jobq_api(ctx, port)
+    try:
+        limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits,
+                                     timeout=60) as client:
+            await _wait_ready(client, server)
+            await asyncio.sleep(processes.IDLE_SETTLE)
+            figures = {"jobq.memory.api.idle_rss_mb": server.memory_mib("VmRSS")}
+            figures |= await _api_measurements(ctx, client, server)
+        figures["jobq.memory.api.peak_rss_mb"] = server.memory_mib("VmHWM")
+    finally:
+        await server.stop()
+    return figures
+
+
+async def _api_measurements(ctx: Context, client: httpx.AsyncClient,
+                            server: processes.Child) -> Figures:
+    one = {"type": "system.noop"}
+    batch = {"jobs": [one] * BATCH}
+
+    async def post_one() -> None:
+        _check(await client.post("/api/v1/jobs", json=one))
+
+    async def post_batch() -> None:
+        _check(await client.post("/api/v1/jobs/batch", json=batch))
+
+    await _run_concurrently(post_one, WARM_UP, CLIENTS)
+    size = ctx.size
+    figures: Figures = {}
+    for key, operation, count, clients, per_operation in [
+        ("api_single", post_one, size.api_single, 1, 1),
+        ("api_concurrent", post_one, size.api_concurrent, CLIENTS, 1),
+        ("api_batch", post_batch, size.batches, 1, BATCH),
+    ]:
+        await database.empty_tables(ctx.backend)
+        cpu = server.cpu_seconds()
+        seconds, latencies = await _timed(operation, count, clients)
+        cpu = server.cpu_seconds() - cpu
+        jobs_count = count * per_operation
+        prefix = f"jobq.enqueue.{key}"
+        if per_operation == 1:
+            figures[f"{prefix}.req_per_s"] = count / seconds
+            figures |= latency_figures(prefix, latencies)
+        else:
+            figures[f"{prefix}.jobs_per_s"] = jobs_count / seconds
+        figures[f"{prefix}.api_cpu_ms_per_job"] = cpu / jobs_count * 1000
+    return figures
+
+
+async def python(ctx: Context) -> Figures:
+    backend = ctx.backend
+
+    async def enqueue(count: int) -> None:
+        async with backend.transaction() as conn:
+            await jobs.enqueue(conn, backend, [database.NOOP] * count)
+
+    await _run_concurrently(lambda: enqueue(1), WARM_UP, 1)
+    size = ctx.size
+    await database.empty_tables(backend)
+    seconds, latencies = await _timed(lambda: enqueue(1), size.api_single, 1)
+    figures = {"jobq.enqueue.python_single.jobs_per_s": size.api_single / seconds,
+               **latency_figures("jobq.enqueue.python_single", latencies)}
+    await database.empty_tables(backend)
+    seconds, _ = await _timed(lambda: enqueue(BATCH), size.batches, 1)
+    figures["jobq.enqueue.python_batch.jobs_per_s"] = size.batches * BATCH / seconds
+    return figures
+
+
+async def baseline(ctx: Context) -> Figures:
+    task = stock.task(ctx.stock)
+
+    async def defer_one() -> None:
+        await task.defer_async()
+
+    async def defer_batch() -> None:
+        await task.batch_defer_async(*[{}] * BATCH)
+
+    await _run_concurrently(defer_one, WARM_UP, CLIENTS)
+    size = ctx.size
+    figures: Figures = {}
+    for key, count, clients in [("defer_single", size.api_single, 1),
+                                ("defer_concurrent", size.api_concurrent, CLIENTS)]:
+        await database.empty_tables(ctx.backend)
+        seconds, latencies = await _timed(defer_one, count, clients)
+        figures[f"stock.enqueue.{key}.jobs_per_s"] = count / seconds
+        figures |= latency_figures(f"stock.enqueue.{key}", latencies)
+    await database.empty_tables(ctx.backend)
+    seconds, _ = await _timed(defer_batch, size.batches, 1)
+    figures["stock.enqueue.defer_batch.jobs_per_s"] = size.batches * BATCH / seconds
+    return figures
+
+
+async def _timed(operation: Operation, count: int, clients: int) -> tuple[float, list[float]]:
+    """Run `operation` `count` times from `clients` concurrent loops; returns the wall time
+    and each operation's latency, in seconds."""
+    started = time.perf_counter()
+    latencies = await _run_concurrently(operation, count, clients)
+    return time.perf_counter() - started, latencies
+
+
+async def _run_concurrently(operation: Operation, count: int, clients: int) -> list[float]:
+    latencies: list[float] = []
+    remaining = count
+
+    async def loop() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            await operation()
+            latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(loop() for _ in range(clients)))
+    return latencies
+
+
+def _check(response: httpx.Response) -> None:
+    if response.status_code != 201:
+        raise RuntimeError(f"{response.request.method} {response.request.url} answered "
+                           f"{response.status_code}: {response.text[:500]}")
+
+
+async def _wait_ready(client: httpx.AsyncClient, server: processes.Child) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        server.check_alive()
+        try:
+            if (await client.get("/ready")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.1)
+    raise processes.ChildFailed(f"the API was not ready within {READY_TIMEOUT:.0f} s\n"
+                                f"{server.log_tail()}")

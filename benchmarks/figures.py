@@ -1,0 +1,120 @@
+"""Every figure a run reports: its key, what it means, its unit, and its baseline.
+
+A jobq figure names the stock-Procrastinate figure it is compared with; stock figures are
+listed too, so the JSON holds every repetition of both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    baseline: str | None = None
+    """Key of the stock figure this one is divided by in the report."""
+
+
+def _pair(key: str, label: str, unit: str, higher: bool) -> list[Figure]:
+    """A jobq figure and the stock figure of the same measurement it is compared with."""
+    return [Figure(f"jobq.{key}", label, unit, higher, baseline=f"stock.{key}"),
+            Figure(f"stock.{key}", label, unit, higher)]
+
+
+DRAIN_VARIANTS = {"c1": "1 worker, concurrency 1", "c10": "1 worker, concurrency 10",
+                  "2x10": "2 workers, concurrency 10 each"}
+
+_DRAIN = [
+    figure
+    for variant, label in DRAIN_VARIANTS.items()
+    for figure in [*_pair(f"drain.{variant}.jobs_per_s", f"drain: {label}", "jobs/s", True),
+                   *_pair(f"drain.{variant}.cpu_ms_per_job", f"drain: {label}, worker CPU",
+                          "ms/job", False)]
+]
+
+_STOCK_ENQUEUE = [
+    Figure("stock.enqueue.defer_single.jobs_per_s", "defer_async, one at a time", "jobs/s", True),
+    Figure("stock.enqueue.defer_single.p50_ms", "defer_async, one at a time, p50", "ms", False),
+    Figure("stock.enqueue.defer_single.p99_ms", "defer_async, one at a time, p99", "ms", False),
+    Figure("stock.enqueue.defer_concurrent.jobs_per_s", "defer_async, 32 at once", "jobs/s",
+           True),
+    Figure("stock.enqueue.defer_concurrent.p50_ms", "defer_async, 32 at once, p50", "ms", False),
+    Figure("stock.enqueue.defer_concurrent.p99_ms", "defer_async, 32 at once, p99", "ms", False),
+    Figure("stock.enqueue.defer_batch.jobs_per_s", "batch_defer_async of 1000", "jobs/s", True),
+]
+
+
+def _enqueue(key: str, label: str, unit: str, stock: str | None) -> Figure:
+    higher = not unit.startswith("ms")
+    return Figure(f"jobq.enqueue.{key}", f"enqueue: {label}", unit, higher,
+                  baseline=f"stock.enqueue.{stock}" if stock else None)
+
+
+_ENQUEUE = [
+    _enqueue("api_single.req_per_s", "POST /jobs, 1 client", "req/s",
+             "defer_single.jobs_per_s"),
+    _enqueue("api_single.p50_ms", "POST /jobs, 1 client, p50", "ms", "defer_single.p50_ms"),
+    _enqueue("api_single.p99_ms", "POST /jobs, 1 client, p99", "ms", "defer_single.p99_ms"),
+    _enqueue("api_single.api_cpu_ms_per_job", "POST /jobs, 1 client, API CPU", "ms/job", None),
+    _enqueue("api_concurrent.req_per_s", "POST /jobs, 32 clients", "req/s",
+             "defer_concurrent.jobs_per_s"),
+    _enqueue("api_concurrent.p50_ms", "POST /jobs, 32 clients, p50", "ms",
+             "defer_concurrent.p50_ms"),
+    _enqueue("api_concurrent.p99_ms", "POST /jobs, 32 clients, p99", "ms",
+             "defer_concurrent.p99_ms"),
+    _enqueue("api_concurrent.api_cpu_ms_per_job", "POST /jobs, 32 clients, API CPU", "ms/job",
+             None),
+    _enqueue("api_batch.jobs_per_s", "POST /jobs/batch of 1000", "jobs/s",
+             "defer_batch.jobs_per_s"),
+    _enqueue("api_batch.api_cpu_ms_per_job", "POST /jobs/batch of 1000, API CPU", "ms/job",
+             None),
+    _enqueue("python_single.jobs_per_s", "jobs.enqueue, 1 per transaction", "jobs/s",
+             "defer_single.jobs_per_s"),
+    _enqueue("python_single.p50_ms", "jobs.enqueue, 1 per transaction, p50", "ms",
+             "defer_single.p50_ms"),
+    _enqueue("python_single.p99_ms", "jobs.enqueue, 1 per transaction, p99", "ms",
+             "defer_single.p99_ms"),
+    _enqueue("python_batch.jobs_per_s", "jobs.enqueue, 1000 per transaction", "jobs/s",
+             "defer_batch.jobs_per_s"),
+]
+
+_LATENCY = [
+    figure
+    for q in ("p50", "p95", "p99")
+    for figure in _pair(f"latency.{q}_ms", f"latency: enqueue → started at 100/s, {q}", "ms",
+                        False)
+]
+
+_MEMORY = [
+    Figure("jobq.memory.api.idle_rss_mb", "memory: API process, idle RSS", "MiB", False),
+    Figure("jobq.memory.api.peak_rss_mb", "memory: API process, peak RSS", "MiB", False),
+    *_pair("memory.worker.idle_rss_mb", "memory: worker process, idle RSS", "MiB", False),
+    *_pair("memory.worker.peak_rss_mb", "memory: worker process, peak RSS (c10 drain)", "MiB",
+           False),
+    Figure("jobq.memory.worker_tree.idle_rss_mb",
+           "memory: worker + its conversion processes, idle RSS", "MiB", False,
+           baseline="stock.memory.worker.idle_rss_mb"),
+]
+
+CATALOGUE: list[Figure] = [*_DRAIN, *_ENQUEUE, *_STOCK_ENQUEUE, *_LATENCY, *_MEMORY]
+
+BY_KEY = {figure.key: figure for figure in CATALOGUE}
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    """The nearest-rank percentile: the smallest value with `share` of values at or below."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+def latency_figures(prefix: str, seconds: Sequence[float],
+                    shares: Sequence[float] = (0.5, 0.99)) -> dict[str, float]:
+    """`{prefix}.p50_ms`, ... of latencies given in seconds."""
+    return {f"{prefix}.p{round(share * 100)}_ms": percentile(seconds, share) * 1000
+            for share in shares}

@@ -1,0 +1,93 @@
+"""Latency: jobs arriving one by one at ARRIVAL_RATE onto an idle worker (concurrency 10); how
+long from enqueue to started.
+
+Each job's latency is its `started` event minus its `deferred` event in procrastinate_events,
+both from the database's clock and written the same way for jobq and stock jobs. `deferred`
+carries the start of the enqueueing transaction, so the enqueue itself is part of it. The idle
+worker's memory is read here too, before the first job arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from benchmarks import database, drain, processes, stock, stock_app
+from benchmarks.context import ARRIVAL_RATE, Case, Context, Figures
+from benchmarks.figures import latency_figures
+from service import jobs
+
+CONCURRENCY = 10
+"""The worker's concurrency (jobq's default)."""
+
+SHARES = (0.5, 0.95, 0.99)
+
+
+def cases() -> list[Case]:
+    return [Case("latency jobq", jobq), Case("latency stock", baseline)]
+
+
+async def jobq(ctx: Context) -> Figures:
+    backend = ctx.backend
+
+    async def enqueue_one() -> None:
+        async with backend.transaction() as conn:
+            await jobs.enqueue(conn, backend, [database.NOOP])
+
+    worker = await processes.jobq_worker(ctx, CONCURRENCY)
+    try:
+        await worker.sighting(processes.JOBQ_REGISTERED, drain.START_TIMEOUT)
+        await asyncio.sleep(processes.IDLE_SETTLE)
+        figures = {"jobq.memory.worker.idle_rss_mb": worker.memory_mib("VmRSS"),
+                   "jobq.memory.worker_tree.idle_rss_mb": worker.tree_rss_mib()}
+        await _arrive(enqueue_one, ctx.size.latency_jobs)
+        await drain.wait_until_done(backend, ctx.size.latency_jobs, [worker],
+                                    must_stay_alive=True)
+    finally:
+        await worker.stop()
+    return figures | latency_figures("jobq.latency", await _latencies(ctx), SHARES)
+
+
+async def baseline(ctx: Context) -> Figures:
+    task = stock.task(ctx.stock)
+
+    async def defer_one() -> None:
+        await task.defer_async()
+
+    worker = await stock.worker(ctx, CONCURRENCY, wait=True)
+    try:
+        await worker.sighting(stock_app.REGISTERED, drain.START_TIMEOUT)
+        await asyncio.sleep(processes.IDLE_SETTLE)
+        figures = {"stock.memory.worker.idle_rss_mb": worker.memory_mib("VmRSS")}
+        await _arrive(defer_one, ctx.size.latency_jobs)
+        await drain.wait_until_done(ctx.backend, ctx.size.latency_jobs, [worker],
+                                    must_stay_alive=True)
+    finally:
+        await worker.stop()
+    return figures | latency_figures("stock.latency", await _latencies(ctx), SHARES)
+
+
+async def _arrive(enqueue_one: Callable[[], Awaitable[None]], count: int) -> None:
+    """Enqueue `count` jobs, one every 1/ARRIVAL_RATE s on a fixed schedule (a slow enqueue
+    is caught up on, not pushed back)."""
+    started = time.monotonic()
+    for number in range(count):
+        delay = started + number / ARRIVAL_RATE - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await enqueue_one()
+
+
+async def _latencies(ctx: Context) -> list[float]:
+    async with ctx.backend.connection() as conn:
+        rows = await conn.fetch(
+            """
+            SELECT extract(epoch FROM s.at - d.at)::float8 AS seconds
+            FROM procrastinate_events d
+            JOIN procrastinate_events s ON s.job_id = d.job_id AND s.type = 'started'
+            WHERE d.type = 'deferred'
+            """)
+    if len(rows) != ctx.size.latency_jobs:
+        raise RuntimeError(f"{len(rows)} start events for {ctx.size.latency_jobs} jobs")
+    return [r["seconds"] for r in rows]
