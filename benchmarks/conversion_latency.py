@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,19 +27,10 @@ from pathlib import Path
 import httpx
 import trimesh
 
+from benchmarks.figures import percentile
+from benchmarks.processes import free_port
 from service.db import admin, migrate
 from service.db.embedded import EmbeddedPostgres
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 async def one_round(url: str, mesh: bytes) -> dict:
