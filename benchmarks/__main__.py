@@ -30,15 +30,21 @@ from benchmarks.context import SIZES, Case, Context, Size
 from service.backend import Backend
 
 
-def cases() -> list[Case]:
-    return [*drain.cases(), *enqueue.cases(), *latency.cases()]
+def cases(only: list[str] | None = None) -> list[Case]:
+    """Every benchmark, or those whose name contains one of `only`."""
+    every = [*drain.cases(), *enqueue.cases(), *latency.cases()]
+    return [case for case in every if not only or any(part in case.name for part in only)]
 
 
-async def measure(ctx: Context, repetitions: int) -> dict[str, list[float]]:
+async def measure(ctx: Context, repetitions: int,
+                  only: list[str] | None = None) -> dict[str, list[float]]:
     """Every case once per repetition, on emptied tables; returns each figure's values."""
     samples: dict[str, list[float]] = defaultdict(list)
+    chosen = cases(only)
+    if not chosen:
+        raise SystemExit(f"no benchmark name contains any of {only}")
     for repetition in range(1, repetitions + 1):
-        for case in cases():
+        for case in chosen:
             await database.empty_tables(ctx.backend)
             started = time.monotonic()
             figures = await case.run(ctx)
@@ -51,7 +57,8 @@ async def measure(ctx: Context, repetitions: int) -> dict[str, list[float]]:
     return samples
 
 
-async def run(size: Size, server_url: str | None, out: Path | None, repetitions: int) -> None:
+async def run(size: Size, server_url: str | None, out: Path | None, repetitions: int,
+              only: list[str] | None = None) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="jobq-bench-"))
     try:
         (scratch / "logs").mkdir()
@@ -64,13 +71,13 @@ async def run(size: Size, server_url: str | None, out: Path | None, repetitions:
                 env = await report.environment(ctx, server_url is None, repetitions)
                 _say(f"jobq benchmarks, size {size.name}, {repetitions} repetition(s), "
                      f"PostgreSQL {env['versions']['postgresql']}")
-                samples = await measure(ctx, repetitions)
+                samples = await measure(ctx, repetitions, only)
             finally:
                 await stock_app.close_async()
                 await backend.close()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    figures = report.results(samples)
+    figures = report.results(samples, partial=bool(only))
     print(report.table(figures))
     if out is not None:
         report.write_json(out, env, figures)
@@ -95,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
     run_parser.add_argument("--repetitions", type=int,
                             help="override the size's repetitions (the median needs 3)")
+    run_parser.add_argument("--only", action="append", metavar="TEXT",
+                            help="run only the benchmarks whose name contains TEXT (repeatable; "
+                            "e.g. --only 'drain jobq'); the names are printed as they run")
     return parser
 
 
@@ -106,7 +116,7 @@ def main() -> None:
     repetitions = args.repetitions or size.repetitions
     if repetitions < 1:
         sys.exit("--repetitions must be at least 1")
-    asyncio.run(run(size, args.database_url or None, args.out, repetitions))
+    asyncio.run(run(size, args.database_url or None, args.out, repetitions, args.only))
 
 
 if __name__ == "__main__":

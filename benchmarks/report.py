@@ -64,11 +64,12 @@ async def environment(ctx: Context, embedded: bool, repetitions: int) -> dict[st
     }
 
 
-def results(samples: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
-    """Every figure of the catalogue with its repetitions, median and ratio to its baseline."""
+def results(samples: dict[str, list[float]], partial: bool = False) -> dict[str, dict[str, Any]]:
+    """Every figure of the catalogue with its repetitions, median and ratio to its baseline;
+    with `partial` (a run of some benchmarks only), the figures that were measured."""
     missing = [f.key for f in CATALOGUE if not samples.get(f.key)]
     unknown = [key for key in samples if key not in BY_KEY]
-    if missing or unknown:
+    if (missing and not partial) or unknown:
         raise RuntimeError(f"figures missing: {missing}; not in the catalogue: {unknown}")
     medians = {key: statistics.median(values) for key, values in samples.items()}
     return {
@@ -79,9 +80,10 @@ def results(samples: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
             "median": medians[f.key],
             "repetitions": samples[f.key],
             "baseline": f.baseline,
-            "ratio_to_baseline": medians[f.key] / medians[f.baseline] if f.baseline else None,
+            "ratio_to_baseline": (medians[f.key] / medians[f.baseline]
+                                  if f.baseline in medians else None),
         }
-        for f in CATALOGUE
+        for f in CATALOGUE if f.key in medians
     }
 
 
@@ -91,13 +93,13 @@ def table(figures: dict[str, dict[str, Any]]) -> str:
               f"  {'':6}  stock measure")
     lines = [header, "-" * len(header)]
     for f in CATALOGUE:
-        if not f.key.startswith("jobq."):
+        if not f.key.startswith("jobq.") or f.key not in figures:
             continue
         row = figures[f.key]
         values = row["repetitions"]
         spread = f"{_num(min(values))}-{_num(max(values))}" if len(values) > 1 else ""
         line = f"{f.label:52} {f.unit:>7} {_num(row['median']):>9} {spread:>17}"
-        if f.baseline:
+        if f.baseline in figures:
             base = BY_KEY[f.baseline]
             other = base.label if base.label != f.label else ""
             line += (f" {_num(figures[f.baseline]['median']):>9} "

@@ -69,18 +69,45 @@ async def claim(conn: asyncpg.Connection, worker_id: int, worker_name: str,
     return [Claimed(**dict(r)) for r in rows]
 
 
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """How one attempt ended, ready to be written: result and error already JSON text."""
+
+    attempt_id: int
+    outcome: str
+    result: str | None = None
+    error: str | None = None
+    retry_at: datetime | None = None
+
+    @classmethod
+    def of(cls, attempt_id: int, outcome: str, result: dict[str, Any] | None = None,
+           error: dict[str, Any] | None = None,
+           retry_at: datetime | None = None) -> AttemptOutcome:
+        """Encodes result and error; raises TypeError/ValueError if they are not JSON."""
+        return cls(attempt_id, outcome,
+                   None if result is None else db_engine.dumps(result),
+                   None if error is None else db_engine.dumps(error),
+                   retry_at)
+
+
+async def finish_many(conn: asyncpg.Connection, outcomes: list[AttemptOutcome]) -> set[int]:
+    """Record many outcomes in one transaction; returns the attempt ids whose outcome was
+    applied (the others had lost their lease, and nothing was written for them)."""
+    rows = await conn.fetch(
+        "SELECT * FROM jobq_finish_attempts($1, $2, $3, $4, $5) AS applied",
+        [o.attempt_id for o in outcomes], [o.outcome for o in outcomes],
+        [o.result for o in outcomes], [o.error for o in outcomes],
+        [o.retry_at for o in outcomes],
+    )
+    return {r["applied"] for r in rows}
+
+
 async def finish(conn: asyncpg.Connection, attempt_id: int, outcome: str,
                  result: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
                  retry_at: datetime | None = None) -> bool:
-    """Record an attempt's outcome; False if the lease was lost (the write is refused)."""
-    return await conn.fetchval(
-        "SELECT jobq_finish_attempt($1, $2, $3, $4, $5)",
-        attempt_id,
-        outcome,
-        None if result is None else db_engine.dumps(result),
-        None if error is None else db_engine.dumps(error),
-        retry_at,
-    )
+    """Record one attempt's outcome; False if the lease was lost (the write is refused)."""
+    ending = AttemptOutcome.of(attempt_id, outcome, result, error, retry_at)
+    return attempt_id in await finish_many(conn, [ending])
 
 
 async def write_progress(conn: asyncpg.Connection, attempt_id: int, percent: int,

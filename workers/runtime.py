@@ -1,8 +1,11 @@
 """The worker: claims jobs, runs them concurrently, records every outcome.
 
 Hot path: one round trip claims as many jobs as there are free slots (jobq_claim_jobs), and one
-round trip records each outcome (jobq_finish_attempt). Idle workers wake on Procrastinate's
-NOTIFY and also poll, so a lost notification only delays a job by the poll interval.
+transaction records every outcome that is waiting (jobq_finish_attempts): while it commits, new
+outcomes gather for the next one, so the commits per job fall as the load rises. A job's slot is
+free as soon as its code has returned; its outcome is written by the finisher, and the job counts
+as done only once that commit succeeded. Idle workers wake on Procrastinate's NOTIFY and also
+poll, so a lost notification only delays a job by the poll interval.
 """
 
 from __future__ import annotations
@@ -42,6 +45,17 @@ ORPHAN_AGE = 10.0
 CANCEL_GRACE = 5.0
 """Seconds a cancelled job gets to stop before the worker abandons it and moves on."""
 
+FINISH_BATCH = 500
+"""Most outcomes written in one transaction."""
+
+
+@dataclass
+class _Pending:
+    """An outcome waiting for the finisher; `applied` resolves once it is committed."""
+
+    outcome: leases.AttemptOutcome
+    applied: asyncio.Future
+
 
 @dataclass
 class _Running:
@@ -67,6 +81,11 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.worker_id: int | None = None
         self._running: dict[int, _Running] = {}
+        """Jobs whose code runs, by attempt id: each holds a slot."""
+        self._finishing: dict[int, _Running] = {}
+        """Jobs whose code has returned and whose outcome is not committed yet."""
+        self._outcomes: list[_Pending] = []
+        self._outcome_ready = asyncio.Event()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._immediate = asyncio.Event()
@@ -96,6 +115,7 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._listen(), name="listen"),
             asyncio.create_task(self._maintenance_loop(), name="maintenance"),
+            asyncio.create_task(self._finish_loop(), name="finisher"),
         ]
         try:
             await self._claim_loop()
@@ -135,7 +155,7 @@ class Worker:
     async def _claim_loop(self) -> None:
         poll = self.settings.poll_interval.total_seconds()
         while not self._stopping.is_set():
-            free = self.concurrency - len(self._running)
+            free = self._free_slots()
             claimed: list[leases.Claimed] = []
             if free > 0:
                 self._wake.clear()
@@ -160,6 +180,13 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=poll)
 
+    def _free_slots(self) -> int:
+        """Slots for new jobs. Outcomes waiting to be written hold none, but while more of
+        them wait than there are slots, claiming pauses: the database is the bottleneck."""
+        if len(self._finishing) > self.concurrency:
+            return 0
+        return self.concurrency - len(self._running)
+
     def _start(self, job: leases.Claimed) -> None:
         async def write(percent: int, stage: str | None, message: str | None) -> bool:
             async with self.backend.connection() as conn:
@@ -180,9 +207,14 @@ class Worker:
             outcome, result, error, retry_at = await self._outcome(job, run, running)
             running.finishing = True
             await run.close()
+            # The slot is free from here on; the job stays ours until its outcome is written.
+            self._finishing[job.attempt_id] = running
+            self._running.pop(job.attempt_id, None)
+            self._wake.set()
             await self._record(job, outcome, result, error, retry_at)
         finally:
             self._running.pop(job.attempt_id, None)
+            self._finishing.pop(job.attempt_id, None)
             self._wake.set()
 
     async def _outcome(self, job: leases.Claimed, run: JobRun, running: _Running):
@@ -255,26 +287,75 @@ class Worker:
 
     async def _record(self, job: leases.Claimed, outcome: Outcome, result: Any,
                       error: dict[str, Any] | None, retry_at: datetime | None) -> None:
-        """Write the outcome; keep trying while the database is away, so none is lost."""
+        """Hand the outcome to the finisher and wait until it is committed."""
         if result is not None and not isinstance(result, dict):
             result = {"value": result}
-        delay = 0.5
-        while True:
-            try:
-                async with self.backend.connection() as conn:
-                    applied = await leases.finish(conn, job.attempt_id, outcome.value,
-                                                  result, error, retry_at)
-                break
-            except errors.DatabaseUnavailable as exc:
-                logger.warning("job %s: outcome not recorded yet (%s); retrying", job.job_id, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10)
+        try:
+            ending = leases.AttemptOutcome.of(job.attempt_id, outcome.value, result, error,
+                                              retry_at)
+        except (TypeError, ValueError) as exc:
+            outcome, error = Outcome.FAILED, _error(errors.PermanentJobError(
+                f"The job's result cannot be stored as JSON: {exc}"))
+            ending = leases.AttemptOutcome.of(job.attempt_id, outcome.value, None, error)
+        pending = _Pending(ending, asyncio.get_running_loop().create_future())
+        self._outcomes.append(pending)
+        self._outcome_ready.set()
+        applied = await pending.applied
         if not applied:
             logger.warning("job %s attempt %d: outcome %s refused, the lease was lost",
                            job.job_id, job.attempt, outcome.value)
         elif outcome in (Outcome.FAILED, Outcome.RETRY):
             logger.info("job %s attempt %d %s: %s", job.job_id, job.attempt, outcome.value,
                         error and error.get("message"))
+
+    async def _finish_loop(self) -> None:
+        """Write the waiting outcomes, all of them in one transaction; keep trying while the
+        database is away, so that none is lost."""
+        delay = 0.5
+        while True:
+            await self._outcome_ready.wait()
+            self._outcome_ready.clear()
+            while self._outcomes:
+                batch = self._outcomes[:FINISH_BATCH]
+                try:
+                    applied = await self._write_outcomes(batch)
+                except errors.DatabaseUnavailable as exc:
+                    logger.warning("worker %s: %d outcome(s) not recorded yet (%s); retrying",
+                                   self.name, len(batch), exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10)
+                    continue
+                delay = 0.5
+                del self._outcomes[:len(batch)]
+                for pending, was_applied in zip(batch, applied, strict=True):
+                    if not pending.applied.done():
+                        pending.applied.set_result(was_applied)
+
+    async def _write_outcomes(self, batch: list[_Pending]) -> list[bool]:
+        try:
+            async with self.backend.connection() as conn:
+                applied = await leases.finish_many(conn, [p.outcome for p in batch])
+            return [p.outcome.attempt_id in applied for p in batch]
+        except errors.DatabaseUnavailable:
+            raise
+        except Exception:
+            if len(batch) == 1:
+                raise
+            # Not the connection (a deadlock, a bad value): write them one by one, so that one
+            # outcome cannot hold the others back.
+            logger.exception("worker %s: writing %d outcomes together failed; one by one now",
+                             self.name, len(batch))
+        results = []
+        for pending in batch:
+            try:
+                results.append((await self._write_outcomes([pending]))[0])
+            except errors.DatabaseUnavailable:
+                raise
+            except Exception:
+                logger.exception("job attempt %d: outcome not recorded; the attempt stays "
+                                 "open and is recovered as lost", pending.outcome.attempt_id)
+                results.append(False)
+        return results
 
     def _stop(self, running: _Running, reason: Outcome) -> None:
         """Ask a running job to stop; `_outcome` cancels it and records `reason`."""
@@ -293,10 +374,10 @@ class Worker:
             immediate.cancel()
         for running in list(self._running.values()):
             self._stop(running, Outcome.INTERRUPTED)
-        if self._running:
+        tasks = [r.task for r in (*self._running.values(), *self._finishing.values())]
+        if tasks:
             # Outcomes being written get a last chance; an attempt left open is recovered
             # later as lost, so the job still runs again.
-            tasks = [r.task for r in self._running.values()]
             _, pending = await asyncio.wait(tasks, timeout=10)
             for task in pending:
                 task.cancel()
@@ -323,7 +404,7 @@ class Worker:
                     if alive and self._running:
                         to_abort = await leases.abort_requested(conn, self.worker_id)
                     held = await leases.held_attempts(conn, self.worker_id, ORPHAN_AGE)
-                orphans = held - self._running.keys()
+                orphans = held - self._running.keys() - self._finishing.keys()
             except Exception as exc:
                 logger.warning("worker %s: heartbeat failed: %s", self.name, exc)
                 if time.monotonic() - last_ok > fence:
@@ -346,8 +427,9 @@ class Worker:
                        self.name, len(attempt_ids))
         try:
             async with self.backend.connection() as conn:
-                for attempt_id in attempt_ids:
-                    await leases.finish(conn, attempt_id, Outcome.INTERRUPTED.value)
+                await leases.finish_many(conn, [
+                    leases.AttemptOutcome.of(attempt_id, Outcome.INTERRUPTED.value)
+                    for attempt_id in attempt_ids])
         except errors.DatabaseUnavailable as exc:
             logger.warning("worker %s: release failed (%s); next heartbeat retries",
                            self.name, exc)
