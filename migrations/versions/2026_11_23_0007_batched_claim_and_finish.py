@@ -10,10 +10,10 @@ value, and fresh statistics undercount a queue just filled. It is now PL/pgSQL i
 pick and lock the candidates along the priority index, then update, open attempts and log events
 for exactly those ids.
 
-jobq_finish_attempts records many outcomes in one transaction, each exactly as
-jobq_finish_attempt records one (same fencing, same events), in attempt-id order so that two
-batches never wait on each other's rows in opposite orders. It returns the attempts whose
-outcome was applied; the others had lost their lease.
+jobq_finish_attempts records many outcomes in one transaction and a handful of statements, each
+exactly as jobq_finish_attempt records one (same fencing, same state changes, same events),
+locking attempts and then queue rows in id order, as jobq_finish_attempt does for one. It
+returns the attempts whose outcome was applied; the others had lost their lease.
 """
 
 from __future__ import annotations
@@ -114,18 +114,103 @@ CREATE FUNCTION jobq_finish_attempts(
     p_attempt_ids bigint[], p_outcomes text[], p_results text[], p_errors text[],
     p_retry_at timestamptz[]
 )
-RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+RETURNS SETOF bigint LANGUAGE plpgsql
+SET jit = off
+-- Planned once per connection: replanning this statement cost more than running it.
+SET plan_cache_mode = force_generic_plan
+AS $$
+-- jobq_finish_attempt for many attempts at once, set by set: a handful of statements whatever
+-- the batch size. Fenced the same way: an attempt no longer open changes nothing and is not
+-- returned.
 DECLARE
+    v_applied bigint[];
+    v_requeued_queues varchar[];
+    v_requeued_jobs bigint[];
     i integer;
 BEGIN
-    FOR i IN
-        SELECT t.ord FROM unnest(p_attempt_ids) WITH ORDINALITY AS t(id, ord) ORDER BY t.id
-    LOOP
-        IF jobq_finish_attempt(p_attempt_ids[i], p_outcomes[i], p_results[i]::jsonb,
-                               p_errors[i]::jsonb, p_retry_at[i]) THEN
-            RETURN NEXT p_attempt_ids[i];
-        END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_outcomes) AS o(outcome)
+               WHERE o.outcome IS NULL
+                  OR o.outcome NOT IN ('succeeded', 'failed', 'retry', 'cancelled',
+                                       'interrupted')) THEN
+        RAISE 'unknown attempt outcome in %', p_outcomes;
+    END IF;
+
+    WITH input AS (
+        SELECT * FROM unnest(p_attempt_ids, p_outcomes, p_results, p_errors, p_retry_at)
+            AS t(attempt_id, outcome, result, error, retry_at)
+    ), fenced AS (
+        SELECT a.id, a.job_id, a.number, a.worker_name
+        FROM job_attempts AS a
+        WHERE a.id = ANY (p_attempt_ids) AND a.finished_at IS NULL
+        ORDER BY a.id
+        FOR UPDATE OF a
+    ), target AS MATERIALIZED (
+        SELECT f.id AS attempt_id, f.job_id, f.number, f.worker_name,
+               pj.id AS queue_job_id, pj.queue_name,
+               -- a client cancelled the job meanwhile: do not run it again
+               CASE WHEN pj.abort_requested AND i.outcome IN ('retry', 'interrupted')
+                    THEN 'cancelled' ELSE i.outcome END AS outcome,
+               i.result::jsonb AS result, i.error::jsonb AS error, i.retry_at
+        FROM fenced AS f
+        JOIN input AS i ON i.attempt_id = f.id
+        JOIN jobs AS j ON j.id = f.job_id
+        JOIN procrastinate_jobs AS pj ON pj.id = j.queue_job_id
+        ORDER BY pj.id
+        FOR UPDATE OF pj
+    ), closed AS (
+        UPDATE job_attempts AS a
+        SET finished_at = now(), outcome = t.outcome, error = t.error
+        FROM target AS t WHERE a.id = t.attempt_id
+    ), moved AS (
+        UPDATE procrastinate_jobs AS pj
+        SET status = (CASE t.outcome
+                          WHEN 'succeeded' THEN 'succeeded'
+                          WHEN 'failed' THEN 'failed'
+                          WHEN 'cancelled' THEN 'aborted'
+                          ELSE 'todo'  -- retry, interrupted
+                      END)::procrastinate_job_status,
+            -- an interrupted attempt (worker shutdown) is not counted
+            attempts = pj.attempts + CASE WHEN t.outcome = 'interrupted' THEN 0 ELSE 1 END,
+            abort_requested = CASE WHEN t.outcome IN ('retry', 'interrupted')
+                                   THEN pj.abort_requested ELSE false END,
+            scheduled_at = CASE t.outcome WHEN 'retry' THEN t.retry_at
+                                          WHEN 'interrupted' THEN NULL
+                                          ELSE pj.scheduled_at END,
+            worker_id = CASE WHEN t.outcome IN ('retry', 'interrupted') THEN NULL
+                             ELSE pj.worker_id END
+        FROM target AS t WHERE pj.id = t.queue_job_id
+    ), recorded AS (
+        UPDATE jobs AS j
+        SET result = CASE WHEN t.outcome = 'succeeded' THEN t.result ELSE j.result END,
+            error = CASE WHEN t.outcome = 'succeeded' THEN NULL ELSE t.error END,
+            progress = CASE WHEN t.outcome = 'succeeded' THEN 100 ELSE j.progress END,
+            stage = CASE WHEN t.outcome = 'succeeded' THEN NULL ELSE j.stage END,
+            progress_message = CASE WHEN t.outcome = 'succeeded' THEN NULL
+                                    ELSE j.progress_message END,
+            progress_updated_at = CASE WHEN t.outcome = 'succeeded' THEN now()
+                                       ELSE j.progress_updated_at END
+        FROM target AS t
+        WHERE j.id = t.job_id AND t.outcome IN ('succeeded', 'failed', 'retry')
+    ), logged AS (
+        INSERT INTO job_events (job_id, event, attempt, worker_name, error, message)
+        SELECT t.job_id,
+               CASE t.outcome WHEN 'retry' THEN 'retry_scheduled'
+                              WHEN 'interrupted' THEN 'requeued'
+                              ELSE t.outcome END,
+               t.number, t.worker_name, t.error,
+               CASE WHEN t.outcome = 'retry' THEN 'next attempt at ' || t.retry_at::text END
+        FROM target AS t
+    )
+    SELECT array_agg(t.attempt_id),
+           array_agg(t.queue_name) FILTER (WHERE t.outcome IN ('retry', 'interrupted')),
+           array_agg(t.queue_job_id) FILTER (WHERE t.outcome IN ('retry', 'interrupted'))
+    INTO v_applied, v_requeued_queues, v_requeued_jobs
+    FROM target AS t;
+
+    FOR i IN 1 .. coalesce(cardinality(v_requeued_jobs), 0) LOOP
+        PERFORM jobq_notify_requeued(v_requeued_queues[i], v_requeued_jobs[i]);
     END LOOP;
+    RETURN QUERY SELECT unnest(v_applied);
 END;
 $$
 """
