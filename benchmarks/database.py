@@ -61,7 +61,7 @@ async def queue_noop_jobs(backend: Backend, count: int) -> None:
     """`count` system.noop jobs, queued through `jobs.enqueue` BATCH to a transaction."""
     for start in range(0, count, BATCH):
         async with backend.transaction() as conn:
-            await jobs.enqueue(conn, backend, [NOOP] * min(BATCH, count - start))
+            await jobs.enqueue(conn, [NOOP] * min(BATCH, count - start))
 
 
 SERVER_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes", "shared_buffers",

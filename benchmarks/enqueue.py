@@ -87,7 +87,7 @@ async def python(ctx: Context) -> Figures:
 
     async def enqueue(count: int) -> None:
         async with backend.transaction() as conn:
-            await jobs.enqueue(conn, backend, [database.NOOP] * count)
+            await jobs.enqueue(conn, [database.NOOP] * count)
 
     await _run_concurrently(lambda: enqueue(1), WARM_UP, 1)
     size = ctx.size

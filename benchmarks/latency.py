@@ -33,7 +33,7 @@ async def jobq(ctx: Context) -> Figures:
 
     async def enqueue_one() -> None:
         async with backend.transaction() as conn:
-            await jobs.enqueue(conn, backend, [database.NOOP])
+            await jobs.enqueue(conn, [database.NOOP])
 
     worker = await processes.jobq_worker(ctx, CONCURRENCY)
     try:

@@ -25,7 +25,7 @@ class Backend:
     queue: procrastinate.App
 
     @classmethod
-    async def open(cls, database_url: str, pool_size: int = 10) -> Backend:
+    async def open(cls, database_url: str, pool_size: int = 20) -> Backend:
         engine = db_engine.make_engine(database_url, pool_size=pool_size)
         queue = queue_app.make_app(database_url, engine)
         await queue.open_async()

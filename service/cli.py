@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import uvicorn
+import uvloop
 
 from service import settings as settings_module
 from service.settings import Settings
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         logger.warning("ignoring unknown setting %s", name)
 
     if args.command == "up":
-        asyncio.run(_up(settings, getattr(args, "name", None)))
+        uvloop.run(_up(settings, getattr(args, "name", None)))
         return
     if not settings.database_url:
         sys.exit(f"jobq {args.command}: DATABASE_URL is not set. Point it at your PostgreSQL, "
@@ -94,9 +95,9 @@ def main(argv: list[str] | None = None) -> None:
 
         migrate.upgrade(settings.database_url, args.revision)
     elif args.command == "serve":
-        asyncio.run(_serve(settings))
+        uvloop.run(_serve(settings))
     elif args.command == "worker":
-        asyncio.run(_work(settings, args.name))
+        uvloop.run(_work(settings, args.name))
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -111,8 +112,9 @@ class _Server(uvicorn.Server):
 
 
 def _http_server(settings: Settings, app: object) -> _Server:
+    # httptools parses HTTP; the processes run on uvloop (see main): both measured faster.
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
-                            access_log=False, lifespan="on")
+                            access_log=False, lifespan="on", http="httptools")
     return _Server(config)
 
 

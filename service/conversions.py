@@ -77,7 +77,7 @@ async def submit_conversion(
         timeout_seconds=timeout_seconds)
     store = PostgresFileStore(backend)
     async with backend.transaction() as conn:
-        [job_id] = await jobs.enqueue(conn, backend, [request], with_files=True)
+        [job_id] = await jobs.enqueue(conn, [request], with_files=True)
         remaining = max_upload_bytes
         for position, (upload, name) in enumerate(zip(uploads, names, strict=True)):
             stored = await store.save(conn, upload.chunks, name, upload.content_type,

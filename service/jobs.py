@@ -12,7 +12,6 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from procrastinate import jobs as pq_jobs
 
 from service import errors
 from service.backend import Backend
@@ -144,57 +143,43 @@ def _check_backoff(backoff: dict[str, float] | None, prefix: str) -> list[errors
     return problems
 
 
-_INSERT_JOBS = """
-WITH inserted AS (
-    INSERT INTO jobs (id, queue_job_id, payload, max_attempts, timeout_seconds, callback_url,
-                      idempotency_key, request_fingerprint, backoff)
-    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::jsonb[], $4::int[], $5::float8[],
-                         $6::text[], $7::text[], $8::text[], $9::jsonb[])
-    RETURNING id
-)
-INSERT INTO job_events (job_id, event) SELECT id, 'submitted' FROM inserted
-"""
+_SUBMIT = "SELECT * FROM jobq_submit_jobs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
 
 
 async def enqueue(
-    conn: asyncpg.Connection, backend: Backend, requests: list[JobRequest],
-    with_files: bool = False,
+    conn: asyncpg.Connection, requests: list[JobRequest], with_files: bool = False,
 ) -> list[uuid.UUID]:
     """Submit jobs on a connection the caller holds, inside the caller's transaction: they
     exist (and wake workers) only if that transaction commits. `with_files`: the caller links
     the jobs' input files in the same transaction."""
     planned = [_plan(r, prefix=f"jobs[{i}]." if len(requests) > 1 else "", with_files=with_files)
                for i, r in enumerate(requests)]
-    await _write(conn, backend, planned, None)
+    await _write(conn, planned)
     return [p.id for p in planned]
 
 
-async def _write(
-    conn: asyncpg.Connection, backend: Backend, planned: list[_Planned], key: str | None
-) -> None:
-    """Our rows and the Procrastinate jobs, on the caller's connection and transaction."""
-    deferred = await backend.queue.job_manager.batch_defer_jobs_async(
-        [
-            pq_jobs.Job(
-                id=None, queue=p.queue, task_name=p.type, priority=p.priority, lock=None,
-                queueing_lock=None, task_kwargs={}, scheduled_at=p.scheduled_at,
-            )
-            for p in planned
-        ],
-        connection=conn,
-    )
-    await conn.execute(
-        _INSERT_JOBS,
+async def _write(conn: asyncpg.Connection, planned: list[_Planned], key: str | None = None,
+                 overview: bool = False) -> list[dict[str, Any]]:
+    """Procrastinate's jobs, our rows and their events in one statement (see jobq_submit_jobs):
+    atomic on its own, or part of the caller's transaction. With `overview`, returns the new
+    jobs as job_overview rows."""
+    rows = await conn.fetch(
+        _SUBMIT,
         [p.id for p in planned],
-        [d.id for d in deferred],
+        [p.queue for p in planned],
+        [p.type for p in planned],
+        [p.priority for p in planned],
+        [p.scheduled_at for p in planned],
         [db_engine.dumps(p.payload) for p in planned],
         [p.max_attempts for p in planned],
         [p.timeout_seconds for p in planned],
         [p.callback_url for p in planned],
-        [key] * len(planned),
+        key,
         [p.fingerprint if key else None for p in planned],
         [None if p.backoff is None else db_engine.dumps(p.backoff) for p in planned],
+        overview,
     )
+    return [dict(r) for r in rows]
 
 
 async def submit_job(
@@ -209,8 +194,8 @@ async def submit_job(
         if existing is not None:
             return existing, False
     try:
-        async with backend.transaction() as conn:
-            await _write(conn, backend, [planned], idempotency_key)
+        async with backend.connection() as conn:
+            [job] = await _write(conn, [planned], idempotency_key, overview=True)
     except asyncpg.UniqueViolationError as exc:
         # Another request with the same key won the race: answer as its replay.
         if idempotency_key is None or exc.constraint_name != "uq_jobs_idempotency_key":
@@ -218,7 +203,7 @@ async def submit_job(
         existing = await _replayed(backend, idempotency_key, planned.fingerprint)
         assert existing is not None
         return existing, False
-    return await get_job(backend, planned.id), True
+    return job, True
 
 
 async def _replayed(backend: Backend, key: str, fingerprint: str) -> dict[str, Any] | None:
@@ -244,8 +229,8 @@ async def submit_batch(backend: Backend, requests: list[JobRequest]) -> list[uui
             [errors.FieldError("jobs", f"must hold 1 to {MAX_BATCH} jobs")],
         )
     planned = [_plan(r, prefix=f"jobs[{i}].") for i, r in enumerate(requests)]
-    async with backend.transaction() as conn:
-        await _write(conn, backend, planned, None)
+    async with backend.connection() as conn:
+        await _write(conn, planned)
     return [p.id for p in planned]
 
 

@@ -29,7 +29,7 @@ class Settings:
     port: int = 8000
     """Port the API listens on (`JOBQ_PORT`, default 8000)."""
 
-    pool_size: int = 10
+    pool_size: int = 20
     """Connections in the process's one pool (`JOBQ_POOL_SIZE`, default 10)."""
 
     worker_concurrency: int = 10
@@ -116,7 +116,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         data_dir=Path(env.get("JOBQ_DATA_DIR", ".jobq")),
         host=env.get("JOBQ_HOST", "127.0.0.1"),
         port=_integer(env, "JOBQ_PORT", 8000),
-        pool_size=_integer(env, "JOBQ_POOL_SIZE", 10),
+        pool_size=_integer(env, "JOBQ_POOL_SIZE", 20),
         worker_concurrency=_integer(env, "JOBQ_WORKER_CONCURRENCY", 10),
         worker_queues=queues,
         heartbeat_interval=_seconds(env, "JOBQ_HEARTBEAT_SECONDS", timedelta(seconds=5)),

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import msgspec
 from procrastinate import manager as pq_manager
 
@@ -47,6 +48,11 @@ CANCEL_GRACE = 5.0
 
 FINISH_BATCH = 500
 """Most outcomes written in one transaction."""
+
+FINISH_BACKLOG = 4
+"""Claiming pauses while more than this many times `concurrency` outcomes wait to be written:
+enough for the finisher to gather several claims' worth per commit, and a bound on the open
+attempts of jobs that are already done."""
 
 
 @dataclass
@@ -181,9 +187,9 @@ class Worker:
                 await asyncio.wait_for(self._wake.wait(), timeout=poll)
 
     def _free_slots(self) -> int:
-        """Slots for new jobs. Outcomes waiting to be written hold none, but while more of
-        them wait than there are slots, claiming pauses: the database is the bottleneck."""
-        if len(self._finishing) > self.concurrency:
+        """Slots for new jobs. Outcomes waiting to be written hold none, but while too many
+        of them wait, claiming pauses: the database is the bottleneck."""
+        if len(self._finishing) > FINISH_BACKLOG * self.concurrency:
             return 0
         return self.concurrency - len(self._running)
 
@@ -310,7 +316,8 @@ class Worker:
 
     async def _finish_loop(self) -> None:
         """Write the waiting outcomes, all of them in one transaction; keep trying while the
-        database is away, so that none is lost."""
+        database is away, so that none is lost. Never ends while the worker runs: without it
+        no job would ever finish."""
         delay = 0.5
         while True:
             await self._outcome_ready.wait()
@@ -319,43 +326,47 @@ class Worker:
                 batch = self._outcomes[:FINISH_BATCH]
                 try:
                     applied = await self._write_outcomes(batch)
-                except errors.DatabaseUnavailable as exc:
-                    logger.warning("worker %s: %d outcome(s) not recorded yet (%s); retrying",
-                                   self.name, len(batch), exc)
+                except Exception as exc:
+                    # The database is away (or failing in a way not recognised as that): the
+                    # same outcomes are tried again, nothing is dropped.
+                    log = (logger.warning if isinstance(exc, errors.DatabaseUnavailable)
+                           else logger.exception)
+                    log("worker %s: %d outcome(s) not recorded yet (%s); retrying in %.1f s",
+                        self.name, len(batch), exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10)
                     continue
-                delay = 0.5
-                del self._outcomes[:len(batch)]
+                written = {id(p) for p, ok in zip(batch, applied, strict=True) if ok is not None}
+                self._outcomes = [p for p in self._outcomes if id(p) not in written]
                 for pending, was_applied in zip(batch, applied, strict=True):
-                    if not pending.applied.done():
+                    if was_applied is not None and not pending.applied.done():
                         pending.applied.set_result(was_applied)
+                if len(written) < len(batch):
+                    await asyncio.sleep(delay)  # some are left: try them again later
+                    delay = min(delay * 2, 10)
+                else:
+                    delay = 0.5
 
-    async def _write_outcomes(self, batch: list[_Pending]) -> list[bool]:
+    async def _write_outcomes(self, batch: list[_Pending]) -> list[bool | None]:
+        """For each outcome: applied (True), refused for a lost lease (False), or not written
+        (None: it stays queued). Raises when the database is away."""
         try:
             async with self.backend.connection() as conn:
                 applied = await leases.finish_many(conn, [p.outcome for p in batch])
             return [p.outcome.attempt_id in applied for p in batch]
-        except errors.DatabaseUnavailable:
+        except (errors.DatabaseUnavailable, OSError, asyncpg.InterfaceError,
+                asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError):
             raise
         except Exception:
             if len(batch) == 1:
-                raise
+                logger.exception("worker %s: outcome of attempt %d not recorded; trying again",
+                                 self.name, batch[0].outcome.attempt_id)
+                return [None]
             # Not the connection (a deadlock, a bad value): write them one by one, so that one
             # outcome cannot hold the others back.
             logger.exception("worker %s: writing %d outcomes together failed; one by one now",
                              self.name, len(batch))
-        results = []
-        for pending in batch:
-            try:
-                results.append((await self._write_outcomes([pending]))[0])
-            except errors.DatabaseUnavailable:
-                raise
-            except Exception:
-                logger.exception("job attempt %d: outcome not recorded; the attempt stays "
-                                 "open and is recovered as lost", pending.outcome.attempt_id)
-                results.append(False)
-        return results
+        return [(await self._write_outcomes([pending]))[0] for pending in batch]
 
     def _stop(self, running: _Running, reason: Outcome) -> None:
         """Ask a running job to stop; `_outcome` cancels it and records `reason`."""

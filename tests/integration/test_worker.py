@@ -113,7 +113,7 @@ async def test_job_enqueued_in_a_rolled_back_transaction_never_runs(
 
     with pytest.raises(Rollback):
         async with backend.transaction() as conn:
-            await jobs.enqueue(conn, backend, [jobs.JobRequest(type="system.noop")])
+            await jobs.enqueue(conn, [jobs.JobRequest(type="system.noop")])
             raise Rollback
     marker = await submit(client)
     start_worker()
