@@ -40,13 +40,18 @@ class Size:
     """Batches of BATCH jobs, through the API, `jobs.enqueue` and `batch_defer_async`."""
     latency_jobs: int
     """Jobs arriving at ARRIVAL_RATE onto an idle worker."""
+    history_jobs: int
+    """Finished jobs in the history of the scale benchmark (then deleted by its cleanup)."""
+    conversions: int
+    """Conversions of the 100k-face mesh per conversion measurement."""
 
 
 SIZES = {
     "smoke": Size("smoke", repetitions=1, drain_jobs=300, api_single=30, api_concurrent=64,
-                  batches=1, latency_jobs=30),
+                  batches=1, latency_jobs=30, history_jobs=2_000, conversions=2),
     "full": Size("full", repetitions=3, drain_jobs=20_000, api_single=2_000,
-                 api_concurrent=4_000, batches=10, latency_jobs=1_000),
+                 api_concurrent=4_000, batches=10, latency_jobs=1_000, history_jobs=1_000_000,
+                 conversions=8),
 }
 
 

@@ -50,6 +50,7 @@ def cases() -> list[Case]:
 
 async def jobq(ctx: Context, variant: Variant) -> Figures:
     count = ctx.size.drain_jobs
+    after = await last_queue_id(ctx.backend)
     await database.queue_noop_jobs(ctx.backend, count)
     workers: list[processes.Child] = []
     try:
@@ -60,7 +61,8 @@ async def jobq(ctx: Context, variant: Variant) -> Figures:
                 await worker.sighting(processes.JOBQ_REGISTERED, START_TIMEOUT)
             cpu_before = [w.cpu_seconds() for w in workers]
             started = await release()
-        end = await wait_until_done(ctx.backend, count, workers, must_stay_alive=True)
+        end = await wait_until_done(ctx.backend, count, workers, must_stay_alive=True,
+                                    after=after)
         cpu = sum(w.cpu_seconds() for w in workers) - sum(cpu_before)
         peak = max(w.memory_mib("VmHWM") for w in workers)
     finally:
@@ -125,17 +127,25 @@ def _rates(system: str, variant: Variant, count: int, seconds: float, cpu: float
             f"{prefix}.cpu_ms_per_job": cpu / count * 1000}
 
 
+async def last_queue_id(backend: Backend) -> int:
+    """The newest queue row's id (0 if none): the jobs queued next have greater ids."""
+    async with backend.connection() as conn:
+        return await conn.fetchval("SELECT coalesce(max(id), 0) FROM procrastinate_jobs")
+
+
 async def wait_until_done(backend: Backend, count: int, workers: list[processes.Child],
-                          must_stay_alive: bool) -> float:
+                          must_stay_alive: bool, after: int = 0) -> float:
     """Wait until no job is left to do; returns time.monotonic() of the last `succeeded`
-    event. Raises if a job did not succeed, or if the work stopped before the end."""
+    event of the `count` jobs queued with ids above `after` (older jobs may be a history that
+    is being deleted meanwhile). Raises if a job did not succeed, or if the work stopped
+    before the end."""
     deadline = time.monotonic() + START_TIMEOUT + count / 20
     while True:
         async with backend.connection() as conn:
             left = await conn.fetchval(
                 "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')")
         if left == 0:
-            return await _last_success(backend, count)
+            return await _last_success(backend, count, after)
         if must_stay_alive:
             for worker in workers:
                 worker.check_alive()
@@ -147,16 +157,16 @@ async def wait_until_done(backend: Backend, count: int, workers: list[processes.
         await asyncio.sleep(POLL_SECONDS)
 
 
-async def _last_success(backend: Backend, count: int) -> float:
+async def _last_success(backend: Backend, count: int, after: int) -> float:
     async with backend.connection() as conn:
         before = time.monotonic()
         row = await conn.fetchrow(
             """
-            SELECT (SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded')
-                       AS succeeded,
+            SELECT (SELECT count(*) FROM procrastinate_jobs
+                     WHERE status = 'succeeded' AND id > $1) AS succeeded,
                    extract(epoch FROM clock_timestamp() - max(at))::float8 AS ago
-            FROM procrastinate_events WHERE type = 'succeeded'
-            """)
+            FROM procrastinate_events WHERE type = 'succeeded' AND job_id > $1
+            """, after)
         after = time.monotonic()
     if row["succeeded"] != count:
         raise RuntimeError(f"{row['succeeded']} of {count} jobs succeeded; the rest did not")

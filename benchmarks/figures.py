@@ -102,7 +102,35 @@ _MEMORY = [
            baseline="stock.memory.worker.idle_rss_mb"),
 ]
 
-CATALOGUE: list[Figure] = [*_DRAIN, *_ENQUEUE, *_STOCK_ENQUEUE, *_LATENCY, *_MEMORY]
+_SCALE = [
+    Figure("jobq.scale.empty.queues_ms", "scale: GET /queues, empty history", "ms", False),
+    Figure("jobq.scale.history.queues_ms", "scale: GET /queues, 1M finished jobs", "ms", False,
+           baseline="jobq.scale.empty.queues_ms"),
+    Figure("jobq.scale.empty.drain_jobs_per_s", "scale: drain c10, empty history", "jobs/s",
+           True),
+    Figure("jobq.scale.history.drain_jobs_per_s", "scale: drain c10, 1M finished jobs",
+           "jobs/s", True, baseline="jobq.scale.empty.drain_jobs_per_s"),
+    Figure("jobq.scale.purging.drain_jobs_per_s", "scale: drain c10 while 1M are deleted",
+           "jobs/s", True, baseline="jobq.scale.history.drain_jobs_per_s"),
+    Figure("jobq.scale.purge.jobs_per_s", "scale: cleanup rate during that drain", "jobs/s",
+           True),
+]
+
+_CONVERSION = [
+    Figure("jobq.conversion.direct.s_per_conversion",
+           "conversion 100k faces OBJ→GLB, called directly", "s", False),
+    Figure("jobq.conversion.queue1.s_per_conversion",
+           "conversion through the queue, 1 worker", "s", False,
+           baseline="jobq.conversion.direct.s_per_conversion"),
+    Figure("jobq.conversion.queue2.conversions_per_s",
+           "conversions through the queue, 2 workers", "conv/s", True,
+           baseline="jobq.conversion.queue1.conversions_per_s"),
+    Figure("jobq.conversion.queue1.conversions_per_s",
+           "conversions through the queue, 1 worker", "conv/s", True),
+]
+
+CATALOGUE: list[Figure] = [*_DRAIN, *_ENQUEUE, *_STOCK_ENQUEUE, *_LATENCY, *_MEMORY, *_SCALE,
+                           *_CONVERSION]
 
 BY_KEY = {figure.key: figure for figure in CATALOGUE}
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+
 from benchmarks.context import Context
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -63,9 +65,10 @@ class Child:
 
     @classmethod
     async def start(cls, ctx: Context, name: str, argv: list[str],
-                    markers: Sequence[str] = ()) -> Child:
+                    markers: Sequence[str] = (), env: dict[str, str] | None = None) -> Child:
         process = await asyncio.create_subprocess_exec(
-            *argv, env=ctx.child_env(), cwd=ctx.log_dir, stdin=asyncio.subprocess.DEVNULL,
+            *argv, env=ctx.child_env() | (env or {}), cwd=ctx.log_dir,
+            stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             preexec_fn=functools.partial(_die_with_parent, os.getpid()))
         return cls(name, process, ctx.log_dir / f"{name}-{process.pid}.log", markers)
@@ -136,13 +139,14 @@ class Child:
         return "\n".join(f"  {self.name}| {line}" for line in text.splitlines()[-lines:])
 
 
-async def jobq_worker(ctx: Context, concurrency: int, number: int = 0) -> Child:
-    """A real `jobq worker` process on the run's database."""
+async def jobq_worker(ctx: Context, concurrency: int, number: int = 0,
+                      env: dict[str, str] | None = None) -> Child:
+    """A real `jobq worker` process on the run's database (`env`: extra settings)."""
     return await Child.start(
         ctx, f"jobq-worker-c{concurrency}-{number}",
         [sys.executable, "-m", "service.cli", "worker", "--concurrency", str(concurrency),
          "--name", f"bench-{number}"],
-        markers=[JOBQ_REGISTERED])
+        markers=[JOBQ_REGISTERED], env=env)
 
 
 async def jobq_api(ctx: Context, port: int) -> Child:
@@ -158,6 +162,26 @@ async def stop_all(children: Sequence[Child]) -> None:
     for result in results:
         if isinstance(result, BaseException):
             raise result
+
+
+READY_TIMEOUT = 60.0
+"""Seconds a started API may take to answer /ready."""
+
+
+async def wait_http_ready(client: aiohttp.ClientSession, server: Child) -> None:
+    """Wait until the API `server` answers /ready with 200."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        server.check_alive()
+        try:
+            async with client.get("/ready") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise ChildFailed(f"the API was not ready within {READY_TIMEOUT:.0f} s\n"
+                      f"{server.log_tail()}")
 
 
 def free_port() -> int:

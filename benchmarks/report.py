@@ -89,8 +89,8 @@ def results(samples: dict[str, list[float]], partial: bool = False) -> dict[str,
 
 def table(figures: dict[str, dict[str, Any]]) -> str:
     """The jobq figures, each beside its stock counterpart."""
-    header = (f"{'':52} {'unit':>7} {'jobq':>9} {'min-max':>17} {'stock':>9} {'x stock':>8}"
-              f"  {'':6}  stock measure")
+    header = (f"{'':52} {'unit':>7} {'jobq':>9} {'min-max':>17} {'vs':>9} {'ratio':>8}"
+              f"  {'':6}  compared with (stock unless named)")
     lines = [header, "-" * len(header)]
     for f in CATALOGUE:
         if not f.key.startswith("jobq.") or f.key not in figures:
