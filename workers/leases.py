@@ -1,7 +1,7 @@
 """The worker's database calls: claim, finish, progress, heartbeat, recovery.
 
 Every write about a job carries the attempt id handed out at claim time; the database refuses
-it once that attempt is no longer open (see jobq_finish_attempt), which fences off a worker that
+it once that attempt is no longer open (see jobq_finish_attempts), which fences off a worker that
 was presumed dead and woke up.
 """
 
@@ -100,14 +100,6 @@ async def finish_many(conn: asyncpg.Connection, outcomes: list[AttemptOutcome]) 
         [o.retry_at for o in outcomes],
     )
     return {r["applied"] for r in rows}
-
-
-async def finish(conn: asyncpg.Connection, attempt_id: int, outcome: str,
-                 result: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
-                 retry_at: datetime | None = None) -> bool:
-    """Record one attempt's outcome; False if the lease was lost (the write is refused)."""
-    ending = AttemptOutcome.of(attempt_id, outcome, result, error, retry_at)
-    return attempt_id in await finish_many(conn, [ending])
 
 
 async def write_progress(conn: asyncpg.Connection, attempt_id: int, percent: int,

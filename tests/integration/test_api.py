@@ -258,7 +258,8 @@ async def test_recover_stalled_requeues_the_job_of_a_silent_worker(client, backe
     attempts = (await client.get(f"/api/v1/jobs/{job['id']}/history")).json()["attempts"]
     assert [a["outcome"] for a in attempts] == ["lost"]
     async with backend.connection() as conn:
-        assert not await leases.finish(conn, claimed.attempt_id, "succeeded", {"late": True})
+        late = leases.AttemptOutcome.of(claimed.attempt_id, "succeeded", {"late": True})
+        assert claimed.attempt_id not in await leases.finish_many(conn, [late])
     assert (await client.get(f"/api/v1/jobs/{job['id']}")).json()["result"] is None
 
 
