@@ -1,8 +1,8 @@
-"""The `jobq` command: up, serve, worker, migrate."""
+"""The `jobq` command: the service (up, serve, worker, migrate) and, from console.py, the
+commands for people at a terminal (submit, convert, jobs, queues, workers)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -11,93 +11,122 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import click
 import uvicorn
 import uvloop
 
+from service import console
 from service import settings as settings_module
 from service.settings import Settings
 
 logger = logging.getLogger("jobq")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="jobq",
-        description="jobq: a job queue that needs nothing but PostgreSQL. Configured by "
-        "DATABASE_URL and JOBQ_* environment variables (see README); flags override them.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    up = sub.add_parser(
-        "up", help="run the API and one worker in one process (embedded PostgreSQL if no "
-        "DATABASE_URL)")
-    _add_http(up)
-    _add_worker(up)
-    up.add_argument("--data-dir", type=Path,
-                    help="where the embedded PostgreSQL keeps its data (default .jobq)")
-
-    serve = sub.add_parser("serve", help="run the HTTP API against DATABASE_URL")
-    _add_http(serve)
-
-    worker = sub.add_parser("worker", help="run a worker against DATABASE_URL")
-    _add_worker(worker)
-
-    migrate = sub.add_parser("migrate", help="apply database migrations to DATABASE_URL")
-    migrate.add_argument("--revision", default="head", help="target revision (default head)")
-    return parser
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def _add_http(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
+@click.group(context_settings=CONTEXT)
+def cli() -> None:
+    """jobq: a job queue that needs nothing but PostgreSQL.
+
+    The service commands (up, serve, worker, migrate) are configured by DATABASE_URL and JOBQ_*
+    environment variables (see README); their flags override them. The other commands talk to
+    a running API (--url or JOBQ_URL).
+    """
 
 
-def _add_worker(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--queues", help="comma-separated queues to take jobs from (default all)")
-    parser.add_argument("--concurrency", type=int, help="jobs run at once (default 10)")
-    parser.add_argument("--name", help="worker name shown in /api/v1/workers (default host-pid)")
+def http_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    function = click.option("--port", type=int, help="port to listen on (default 8000)")(function)
+    return click.option("--host", help="address to listen on (default 127.0.0.1)")(function)
 
 
-def _apply_flags(settings: Settings, args: argparse.Namespace) -> Settings:
+def worker_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    function = click.option("--name", help="worker name shown in /api/v1/workers "
+                            "(default host-pid)")(function)
+    function = click.option("--concurrency", type=int,
+                            help="jobs run at once (default 10)")(function)
+    return click.option("--queues", help="comma-separated queues to take jobs from "
+                        "(default all)")(function)
+
+
+@cli.command()
+@http_options
+@worker_options
+@click.option("--data-dir", type=click.Path(path_type=Path),
+              help="where the embedded PostgreSQL keeps its data (default .jobq)")
+def up(name: str | None, **flags: Any) -> None:
+    """Run the API and one worker in one process (embedded PostgreSQL without DATABASE_URL)."""
+    settings = _settings(flags)
+    uvloop.run(_up(settings, name))
+
+
+@cli.command()
+@http_options
+def serve(**flags: Any) -> None:
+    """Run the HTTP API against DATABASE_URL."""
+    settings = _settings(flags, needs_database="serve")
+    uvloop.run(_serve(settings))
+
+
+@cli.command()
+@worker_options
+def worker(name: str | None, **flags: Any) -> None:
+    """Run a worker against DATABASE_URL."""
+    settings = _settings(flags, needs_database="worker")
+    uvloop.run(_work(settings, name))
+
+
+@cli.command()
+@click.option("--revision", default="head", show_default=True, help="target revision")
+def migrate(revision: str) -> None:
+    """Apply database migrations to DATABASE_URL."""
+    from service.db import migrate as db_migrate
+
+    settings = _settings({}, needs_database="migrate")
+    assert settings.database_url
+    db_migrate.upgrade(settings.database_url, revision)
+
+
+for _command in console.COMMANDS:
+    cli.add_command(_command)
+
+
+def _settings(flags: dict[str, Any], needs_database: str | None = None) -> Settings:
+    """Settings from the environment with the command's flags applied; exits with one line
+    when they are unusable."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = _apply_flags(settings_module.load_settings(), flags)
+    except settings_module.SettingsError as exc:
+        sys.exit(f"jobq: {exc}")
+    for name in settings.extra:
+        logger.warning("ignoring unknown setting %s", name)
+    if needs_database and not settings.database_url:
+        sys.exit(f"jobq {needs_database}: DATABASE_URL is not set. Point it at your PostgreSQL, "
+                 "or use `jobq up` to run everything on an embedded database.")
+    return settings
+
+
+def _apply_flags(settings: Settings, flags: dict[str, Any]) -> Settings:
     changes: dict[str, object] = {}
     for flag, field in [("host", "host"), ("port", "port"), ("concurrency", "worker_concurrency"),
                         ("data_dir", "data_dir")]:
-        value = getattr(args, flag, None)
+        value = flags.get(flag)
         if value is not None:
             changes[field] = value
-    if getattr(args, "queues", None):
-        changes["worker_queues"] = tuple(q.strip() for q in args.queues.split(",") if q.strip())
+    if flags.get("queues"):
+        changes["worker_queues"] = tuple(q.strip() for q in flags["queues"].split(",")
+                                         if q.strip())
     if changes.get("worker_concurrency", 1) < 1:  # type: ignore[operator]
         raise settings_module.SettingsError("--concurrency must be at least 1")
     return dataclasses.replace(settings, **changes)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = _apply_flags(settings_module.load_settings(), args)
-    except settings_module.SettingsError as exc:
-        sys.exit(f"jobq: {exc}")
-    for name in settings.extra:
-        logger.warning("ignoring unknown setting %s", name)
-
-    if args.command == "up":
-        uvloop.run(_up(settings, getattr(args, "name", None)))
-        return
-    if not settings.database_url:
-        sys.exit(f"jobq {args.command}: DATABASE_URL is not set. Point it at your PostgreSQL, "
-                 "or use `jobq up` to run everything on an embedded database.")
-    if args.command == "migrate":
-        from service.db import migrate
-
-        migrate.upgrade(settings.database_url, args.revision)
-    elif args.command == "serve":
-        uvloop.run(_serve(settings))
-    elif args.command == "worker":
-        uvloop.run(_work(settings, args.name))
+    cli.main(args=argv, prog_name="jobq")
 
 
 # -- running ---------------------------------------------------------------------------------
