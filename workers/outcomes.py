@@ -51,8 +51,10 @@ async def run_attempt(job: leases.Claimed, handlers: dict[str, Handler], run: Jo
         stop.cancel()
     if not inner.done():
         await _halt(job, inner)
-        reason = stop_reason()
-        return outcome.TimedOut(job.timeout_seconds) if reason is None else outcome.Stopped(reason)
+        if not run.stop_requested.is_set():
+            return outcome.TimedOut(job.timeout_seconds)
+        # No reason given: the job's own progress write found the lease gone (see JobRun).
+        return outcome.Stopped(stop_reason() or "its lease was lost")
     reason = stop_reason()
     try:
         value = inner.result()
