@@ -17,7 +17,7 @@ from service import errors
 from service.backend import Backend
 from service.db import engine as db_engine
 from service.domain import jobtypes
-from service.domain.status import RETRYABLE_BY_CLIENT, Status
+from service.domain.status import Status
 
 MAX_BATCH = 1000
 MAX_LIST_LIMIT = 500
@@ -321,86 +321,42 @@ async def job_history(backend: Backend, job_id: uuid.UUID) -> dict[str, list[dic
     return {"events": events, "attempts": attempts}
 
 
-async def _lock_job(conn: asyncpg.Connection, job_id: uuid.UUID) -> asyncpg.Record:
-    row = await conn.fetchrow(
-        """
-        SELECT pj.id AS queue_job_id, pj.status::text AS queue_status, pj.abort_requested,
-               pj.queue_name, v.status
-        FROM jobs j
-        JOIN procrastinate_jobs pj ON pj.id = j.queue_job_id
-        JOIN job_overview v ON v.id = j.id
-        WHERE j.id = $1
-        FOR UPDATE OF pj
-        """,
-        job_id,
-    )
-    if row is None:
+async def _change(backend: Backend, function: str, job_id: uuid.UUID) -> tuple[str, Status]:
+    """Call one of the jobq_* functions that change a job on a client's request; returns its
+    verdict and the job's status before. The function decides, under the job's lock, whether
+    the change is allowed (docs/architecture.md draws which are)."""
+    async with backend.connection() as conn:
+        row = await conn.fetchrow(f"SELECT * FROM {function}($1)", job_id)
+    if row["verdict"] is None:
         raise errors.JobNotFound(job_id)
-    return row
+    return row["verdict"], Status(row["prior_status"])
 
 
 async def cancel_job(backend: Backend, job_id: uuid.UUID) -> dict[str, Any]:
     """Queued or scheduled: cancelled now. Running: its worker is told to stop."""
-    async with backend.transaction() as conn:
-        row = await _lock_job(conn, job_id)
-        status = Status(row["status"])
-        if status.is_terminal:
-            raise errors.InvalidTransition(
-                f"Job {job_id} is {status.value}; only queued, scheduled or running jobs "
-                "can be cancelled."
-            )
-        if not row["abort_requested"]:
-            await backend.queue.job_manager.cancel_job_by_id_async(
-                row["queue_job_id"], abort=True, connection=conn
-            )
-            event = "cancel_requested" if status is Status.RUNNING else "cancelled"
-            await conn.execute(
-                "INSERT INTO job_events (job_id, event, message) VALUES ($1, $2, $3)",
-                job_id, event, "cancelled by a client",
-            )
+    verdict, status = await _change(backend, "jobq_cancel_job", job_id)
+    if verdict == "refused":
+        raise errors.InvalidTransition(
+            f"Job {job_id} is {status.value}; only queued, scheduled or running jobs "
+            "can be cancelled."
+        )
     return await get_job(backend, job_id)
 
 
 async def retry_job(backend: Backend, job_id: uuid.UUID) -> dict[str, Any]:
     """A failed or cancelled job goes back to the queue with a fresh attempt budget."""
-    async with backend.transaction() as conn:
-        row = await _lock_job(conn, job_id)
-        status = Status(row["status"])
-        if status not in RETRYABLE_BY_CLIENT:
-            raise errors.InvalidTransition(
-                f"Job {job_id} is {status.value}; only failed or cancelled jobs can be retried."
-            )
-        await conn.execute(
-            """
-            UPDATE procrastinate_jobs SET status = 'todo', attempts = 0, scheduled_at = NULL,
-                abort_requested = false, worker_id = NULL
-            WHERE id = $1
-            """,
-            row["queue_job_id"],
-        )
-        await conn.execute(
-            "UPDATE jobs SET progress = 0, stage = NULL, progress_message = NULL, result = NULL "
-            "WHERE id = $1",
-            job_id,
-        )
-        await conn.execute(
-            "INSERT INTO job_events (job_id, event, message) VALUES ($1, 'retried', $2)",
-            job_id, "retried by a client with a fresh attempt budget",
-        )
-        await conn.execute(
-            "SELECT jobq_notify_requeued($1, $2)", row["queue_name"], row["queue_job_id"]
+    verdict, status = await _change(backend, "jobq_retry_job", job_id)
+    if verdict == "refused":
+        raise errors.InvalidTransition(
+            f"Job {job_id} is {status.value}; only failed or cancelled jobs can be retried."
         )
     return await get_job(backend, job_id)
 
 
 async def delete_job(backend: Backend, job_id: uuid.UUID) -> None:
     """Remove a finished job with everything recorded about it."""
-    async with backend.transaction() as conn:
-        row = await _lock_job(conn, job_id)
-        if not Status(row["status"]).is_terminal:
-            raise errors.InvalidTransition(
-                f"Job {job_id} is {row['status']}; cancel it first, then delete it."
-            )
-        # Our rows follow through ON DELETE CASCADE.
-        await conn.execute("DELETE FROM procrastinate_jobs WHERE id = $1", row["queue_job_id"])
-
+    verdict, status = await _change(backend, "jobq_delete_job", job_id)
+    if verdict == "refused":
+        raise errors.InvalidTransition(
+            f"Job {job_id} is {status.value}; cancel it first, then delete it."
+        )

@@ -10,7 +10,7 @@ from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import queues
+from service import maintenance, queues
 from service.api import errors as api_errors
 from service.api import schemas
 from service.backend import Backend
@@ -45,7 +45,7 @@ async def list_workers(backend: NamedDependency[Backend]) -> dict[str, Any]:
 async def recover_stalled(
     backend: NamedDependency[Backend], settings: NamedDependency[Settings]
 ) -> dict[str, int]:
-    return await queues.recover_stalled(backend, settings.stall_timeout.total_seconds())
+    return await maintenance.recover_stalled(backend, settings.stall_timeout.total_seconds())
 
 
 @get("/health", tags=["operations"], summary="The process is alive")

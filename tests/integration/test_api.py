@@ -240,10 +240,13 @@ async def test_health_ready_and_openapi(client):
     assert "/api/v1/jobs/{job_id}/history" in schema["paths"]
 
 
-async def test_recover_stalled_requeues_the_job_of_a_silent_worker(client, backend: Backend):
+async def test_recover_stalled_requeues_the_job_of_a_silent_worker_after_its_backoff(
+        client, backend: Backend):
+    from service import attempts
+    from service.domain import outcome
     from workers import leases
 
-    job = await submit(client)
+    job = await submit(client, {**SLEEP, "backoff": {"base_seconds": 60, "jitter": 0}})
     async with backend.connection() as conn:
         worker_id = await leases.register(conn, "ghost", "nowhere", 1, [], 1)
         [claimed] = await leases.claim(conn, worker_id, "ghost", None, 1)
@@ -254,12 +257,16 @@ async def test_recover_stalled_requeues_the_job_of_a_silent_worker(client, backe
     assert response.status_code == 200
     assert response.json() == {"requeued": 1, "failed": 0, "cancelled": 0}
     after = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
-    assert after["status"] == "queued"
-    attempts = (await client.get(f"/api/v1/jobs/{job['id']}/history")).json()["attempts"]
-    assert [a["outcome"] for a in attempts] == ["lost"]
+    # A lost attempt is a failed attempt: the job's retry policy spaces the next one.
+    assert after["status"] == "scheduled"
+    wait = datetime.fromisoformat(after["scheduled_at"]) - datetime.now(UTC)
+    assert 55 < wait.total_seconds() <= 60, wait
+    assert after["error"]["type"] == "WorkerLost"
+    attempts_seen = (await client.get(f"/api/v1/jobs/{job['id']}/history")).json()["attempts"]
+    assert [a["outcome"] for a in attempts_seen] == ["lost"]
     async with backend.connection() as conn:
-        late = leases.AttemptOutcome.of(claimed.attempt_id, "succeeded", {"late": True})
-        assert claimed.attempt_id not in await leases.finish_many(conn, [late])
+        late = attempts.Ending.of(claimed.attempt_id, outcome.Succeeded({"late": True}))
+        assert claimed.attempt_id not in await attempts.finish(conn, [late])
     assert (await client.get(f"/api/v1/jobs/{job['id']}")).json()["result"] is None
 
 
