@@ -10,7 +10,6 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 
 import uvicorn
 import uvloop
@@ -34,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         "DATABASE_URL)")
     _add_http(up)
     _add_worker(up)
-    up.add_argument("--data-dir", type=Path,
+    up.add_argument("--data-dir",
                     help="where the embedded PostgreSQL keeps its data (default .jobq)")
 
     serve = sub.add_parser("serve", help="run the HTTP API against DATABASE_URL")
@@ -50,27 +49,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_http(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    parser.add_argument("--port", help="port to listen on (default 8000)")
 
 
 def _add_worker(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queues", help="comma-separated queues to take jobs from (default all)")
-    parser.add_argument("--concurrency", type=int, help="jobs run at once (default 10)")
+    parser.add_argument("--concurrency", help="jobs run at once (default 10)")
     parser.add_argument("--name", help="worker name shown in /api/v1/workers (default host-pid)")
-
-
-def _apply_flags(settings: Settings, args: argparse.Namespace) -> Settings:
-    changes: dict[str, object] = {}
-    for flag, field in [("host", "host"), ("port", "port"), ("concurrency", "worker_concurrency"),
-                        ("data_dir", "data_dir")]:
-        value = getattr(args, flag, None)
-        if value is not None:
-            changes[field] = value
-    if getattr(args, "queues", None):
-        changes["worker_queues"] = tuple(q.strip() for q in args.queues.split(",") if q.strip())
-    if changes.get("worker_concurrency", 1) < 1:  # type: ignore[operator]
-        raise settings_module.SettingsError("--concurrency must be at least 1")
-    return dataclasses.replace(settings, **changes)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = _apply_flags(settings_module.load_settings(), args)
+        settings = settings_module.apply_flags(settings_module.load_settings(), vars(args))
     except settings_module.SettingsError as exc:
         sys.exit(f"jobq: {exc}")
     for name in settings.extra:
