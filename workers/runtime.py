@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import msgspec
 from procrastinate import manager as pq_manager
 
+from service import backend as backend_module
 from service import errors, queues
 from service.backend import Backend
 from service.domain import jobtypes
@@ -354,8 +354,7 @@ class Worker:
             async with self.backend.connection() as conn:
                 applied = await leases.finish_many(conn, [p.outcome for p in batch])
             return [p.outcome.attempt_id in applied for p in batch]
-        except (errors.DatabaseUnavailable, OSError, asyncpg.InterfaceError,
-                asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError):
+        except (errors.DatabaseUnavailable, *backend_module.CONNECTION_ERRORS):
             raise
         except Exception:
             if len(batch) == 1:
