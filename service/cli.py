@@ -33,8 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         "DATABASE_URL)")
     _add_http(up)
     _add_worker(up)
-    up.add_argument("--data-dir",
-                    help="where the embedded PostgreSQL keeps its data (default .jobq)")
+    up.add_argument("--data-dir", help="where the embedded PostgreSQL keeps its data "
+                    f"(default {Settings.data_dir})")
 
     serve = sub.add_parser("serve", help="run the HTTP API against DATABASE_URL")
     _add_http(serve)
@@ -48,13 +48,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_http(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", help="port to listen on (default 8000)")
+    parser.add_argument("--host", help=f"address to listen on (default {Settings.host})")
+    parser.add_argument("--port", help=f"port to listen on (default {Settings.port})")
 
 
 def _add_worker(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queues", help="comma-separated queues to take jobs from (default all)")
-    parser.add_argument("--concurrency", help="jobs run at once (default 10)")
+    parser.add_argument("--concurrency",
+                        help=f"jobs run at once (default {Settings.worker_concurrency})")
     parser.add_argument("--name", help="worker name shown in /api/v1/workers (default host-pid)")
 
 
