@@ -1,4 +1,4 @@
--- The schema of a jobq database at revision 0009, written from a migrated database by
+-- The schema of a jobq database at revision 0010, written from a migrated database by
 -- `python -m service.db.schema write`: do not edit by hand. tests/migrations checks that it
 -- is current. Alembic's revisions (migrations/versions) build the database; this file is for
 -- reading, and for copying a function's current text into a new revision.
@@ -642,7 +642,7 @@ AS $function$
     ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = now()
 $function$;
 
-CREATE OR REPLACE FUNCTION public.jobq_submit_jobs(p_ids uuid[], p_queues character varying[], p_types character varying[], p_priorities integer[], p_scheduled_at timestamp with time zone[], p_payloads text[], p_max_attempts integer[], p_timeouts double precision[], p_callback_urls text[], p_idempotency_key text, p_fingerprints text[], p_backoffs text[], p_overview boolean)
+CREATE OR REPLACE FUNCTION public.jobq_submit_jobs(p_ids uuid[], p_queues character varying[], p_types character varying[], p_priorities integer[], p_scheduled_at timestamp with time zone[], p_payloads text[], p_max_attempts integer[], p_timeouts double precision[], p_callback_urls text[], p_idempotency_key text, p_fingerprints text[], p_backoffs text[], p_locks text[], p_queueing_locks text[], p_overview boolean)
  RETURNS SETOF job_overview
  LANGUAGE plpgsql
  SET jit TO 'off'
@@ -650,11 +650,13 @@ AS $function$
 DECLARE
     v_queue_ids bigint[];
 BEGIN
+    -- Procrastinate's own defer: its lock and queueing-lock rules, its NOTIFY at commit. The
+    -- payload is kept once, in jobs.payload.
     v_queue_ids := procrastinate_defer_jobs_v1(ARRAY(
-        SELECT ROW(u.queue, u.type, u.priority, NULL, NULL, '{}'::jsonb, u.scheduled_at)
-                   ::procrastinate_job_to_defer_v1
-        FROM unnest(p_queues, p_types, p_priorities, p_scheduled_at) WITH ORDINALITY
-            AS u(queue, type, priority, scheduled_at, ord)
+        SELECT ROW(u.queue, u.type, u.priority, u.lock, u.queueing_lock, '{}'::jsonb,
+                   u.scheduled_at)::procrastinate_job_to_defer_v1
+        FROM unnest(p_queues, p_types, p_priorities, p_locks, p_queueing_locks, p_scheduled_at)
+            WITH ORDINALITY AS u(queue, type, priority, lock, queueing_lock, scheduled_at, ord)
         ORDER BY u.ord));
 
     WITH inserted AS (

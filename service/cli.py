@@ -10,7 +10,6 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import click
@@ -37,25 +36,35 @@ def cli() -> None:
     """
 
 
-def http_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    function = click.option("--port", type=int, help="port to listen on (default 8000)")(function)
-    return click.option("--host", help="address to listen on (default 127.0.0.1)")(function)
+def setting_options(*flags: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Click options for the settings whose declared flag is in `flags` (service/settings.py):
+    the flag, its meaning and its default come from the one declaration."""
+    declared = {var.flag: (f, var) for f, var in settings_module.DECLARED if var.flag}
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        for flag in reversed(flags):
+            f, var = declared[flag]
+            default = var.shown or settings_module.shown(f.default)
+            metavar = {"_whole": "N", "_path": "DIR", "_queues": "Q1,Q2"}.get(
+                var.parse.__name__, "TEXT")
+            function = click.option(flag, metavar=metavar,
+                                    help=f"{var.doc} (default {default}; env {var.env})")(function)
+        return function
+
+    return decorate
 
 
-def worker_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    function = click.option("--name", help="worker name shown in /api/v1/workers "
-                            "(default host-pid)")(function)
-    function = click.option("--concurrency", type=int,
-                            help="jobs run at once (default 10)")(function)
-    return click.option("--queues", help="comma-separated queues to take jobs from "
-                        "(default all)")(function)
+http_options = setting_options("--host", "--port")
+worker_options = setting_options("--queues", "--concurrency")
+name_option = click.option("--name", help="worker name shown in /api/v1/workers "
+                           "(default host-pid)")
 
 
 @cli.command()
 @http_options
 @worker_options
-@click.option("--data-dir", type=click.Path(path_type=Path),
-              help="where the embedded PostgreSQL keeps its data (default .jobq)")
+@name_option
+@setting_options("--data-dir")
 def up(name: str | None, **flags: Any) -> None:
     """Run the API and one worker in one process (embedded PostgreSQL without DATABASE_URL)."""
     settings = _settings(flags)
@@ -72,6 +81,7 @@ def serve(**flags: Any) -> None:
 
 @cli.command()
 @worker_options
+@name_option
 def worker(name: str | None, **flags: Any) -> None:
     """Run a worker against DATABASE_URL."""
     settings = _settings(flags, needs_database="worker")
@@ -99,7 +109,7 @@ def _settings(flags: dict[str, Any], needs_database: str | None = None) -> Setti
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = _apply_flags(settings_module.load_settings(), flags)
+        settings = settings_module.apply_flags(settings_module.load_settings(), flags)
     except settings_module.SettingsError as exc:
         sys.exit(f"jobq: {exc}")
     for name in settings.extra:
@@ -108,21 +118,6 @@ def _settings(flags: dict[str, Any], needs_database: str | None = None) -> Setti
         sys.exit(f"jobq {needs_database}: DATABASE_URL is not set. Point it at your PostgreSQL, "
                  "or use `jobq up` to run everything on an embedded database.")
     return settings
-
-
-def _apply_flags(settings: Settings, flags: dict[str, Any]) -> Settings:
-    changes: dict[str, object] = {}
-    for flag, field in [("host", "host"), ("port", "port"), ("concurrency", "worker_concurrency"),
-                        ("data_dir", "data_dir")]:
-        value = flags.get(flag)
-        if value is not None:
-            changes[field] = value
-    if flags.get("queues"):
-        changes["worker_queues"] = tuple(q.strip() for q in flags["queues"].split(",")
-                                         if q.strip())
-    if changes.get("worker_concurrency", 1) < 1:  # type: ignore[operator]
-        raise settings_module.SettingsError("--concurrency must be at least 1")
-    return dataclasses.replace(settings, **changes)
 
 
 def main(argv: list[str] | None = None) -> None:

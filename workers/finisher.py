@@ -8,9 +8,8 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-import asyncpg
-
 from service import attempts, errors
+from service import backend as backend_module
 from service.backend import Backend
 
 logger = logging.getLogger(__name__)
@@ -88,8 +87,7 @@ class Finisher:
             async with self.backend.connection() as conn:
                 recorded = await attempts.finish(conn, [p.ending for p in batch])
             return [recorded.get(p.ending.attempt_id) for p in batch]
-        except (errors.DatabaseUnavailable, OSError, asyncpg.InterfaceError,
-                asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError):
+        except (errors.DatabaseUnavailable, *backend_module.CONNECTION_ERRORS):
             raise
         except Exception:
             if len(batch) == 1:

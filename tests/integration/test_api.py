@@ -276,3 +276,46 @@ async def test_backoff_fields_are_checked(client):
     assert response.status_code == 422
     fields = {e["field"] for e in response.json()["errors"]}
     assert fields == {"backoff.base_seconds", "backoff.jitter"}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"type": "system.noop", "priority": "1"}, "priority"),
+        ({"type": "system.noop", "run_at": 123}, "run_at"),
+        ({"type": "system.noop", "max_attempts": "3"}, "max_attempts"),
+        ({"type": "system.sleep", "payload": {"seconds": "1"}}, "payload.seconds"),
+        ({"type": "system.noop", "backoff": {"base": 1}}, "backoff"),
+    ],
+)
+async def test_json_types_are_strict(client, body, field):
+    # A string is not a number, nor a number a date: no silent coercion.
+    response = await client.post("/api/v1/jobs", json=body)
+    assert response.status_code == 422, response.text
+    assert field in [e["field"] for e in response.json()["errors"]]
+    assert (await client.get("/api/v1/jobs")).json()["items"] == []
+
+
+async def test_batch_json_types_are_strict_and_name_the_job(client):
+    response = await client.post("/api/v1/jobs/batch", json={
+        "jobs": [{"type": "system.noop"}, {"type": "system.noop", "priority": "2"}]})
+    assert response.status_code == 422, response.text
+    assert "jobs[1].priority" in [e["field"] for e in response.json()["errors"]]
+
+
+async def test_a_second_queued_job_with_the_same_queueing_lock_is_a_409(client):
+    body = {"type": "system.noop", "queueing_lock": "nightly-report", "lock": "reports"}
+    first = await client.post("/api/v1/jobs", json=body)
+    assert first.status_code == 201, first.text
+    second = await client.post("/api/v1/jobs", json=body)
+    assert second.status_code == 409, second.text
+    assert "queueing_lock" in second.json()["detail"]
+    assert len((await client.get("/api/v1/jobs")).json()["items"]) == 1
+
+
+async def test_the_submit_body_is_documented_in_the_openapi_schema(client):
+    schema = (await client.get("/schema/openapi.json")).json()
+    body = schema["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    ref = body["schema"]["$ref"].rsplit("/", 1)[-1]
+    properties = schema["components"]["schemas"][ref]["properties"]
+    assert {"type", "payload", "priority", "run_at", "backoff", "lock"} <= properties.keys()

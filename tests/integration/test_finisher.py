@@ -9,6 +9,7 @@ import pytest
 
 from service import attempts, jobs
 from service.backend import Backend
+from service.domain import jobtypes
 from service.settings import Settings
 from workers import runtime
 from workers.tasks import system
@@ -16,7 +17,7 @@ from workers.tasks import system
 
 async def _queued(backend: Backend, count: int) -> list:
     async with backend.transaction() as conn:
-        return await jobs.enqueue(conn, [jobs.JobRequest(type="system.noop")] * count)
+        return await jobs.enqueue(conn, [jobs.JobRequest(type=jobtypes.SYSTEM_NOOP.name)] * count)
 
 
 async def _statuses(backend: Backend) -> dict[str, int]:
@@ -43,7 +44,8 @@ async def _run_until(worker: runtime.Worker, backend: Backend, count: int) -> No
 
 @pytest.fixture
 def worker(backend: Backend, settings: Settings) -> runtime.Worker:
-    return runtime.Worker(backend, settings, {"system.noop": system.noop}, name="finisher-test")
+    return runtime.Worker(backend, settings, {jobtypes.SYSTEM_NOOP.name: system.noop},
+                          name="finisher-test")
 
 
 async def test_outcomes_survive_an_unexpected_error_of_the_batch_write(
