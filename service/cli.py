@@ -156,6 +156,8 @@ def _require_current_schema(database_url: str, command: str) -> None:
         sys.exit(130)
     if check.problem:
         sys.exit(f"jobq {command}: {check.problem}")
+    if check.newer:
+        logger.warning("%s", check.newer)
 
 
 _UNREACHABLE_LOG_EVERY = 30.0  # seconds between "still waiting" lines
@@ -185,26 +187,26 @@ async def _schema_check(database_url: str) -> SchemaCheck:
 
 
 async def _migrate_to_head(database_url: str) -> None:
-    """Bring DATABASE_URL's schema to this code's (`jobq up`); a newer one is left alone."""
+    """Bring DATABASE_URL's schema to this code's (`jobq up`); a newer one is left as it is."""
     from service.db import migrate
 
     check = await _schema_check(database_url)
-    if check.status is migrate.SchemaStatus.NEWER:
-        raise StartError(check.problem)
-    if check.status is not migrate.SchemaStatus.CURRENT:
+    if check.newer:
+        logger.warning("%s", check.newer)
+    elif check.status is not migrate.SchemaStatus.CURRENT:
         logger.info("migrating the database from revision %s to %s", check.current, check.head)
         await asyncio.to_thread(migrate.upgrade, database_url)
 
 
 def _migrate(database_url: str, revision: str) -> None:
-    """`jobq migrate`: refuses a schema newer than this code instead of Alembic's error."""
+    """`jobq migrate`: refuses a schema newer than this code in words, not Alembic's error."""
     from alembic.util import CommandError
 
     from service.db import migrate
 
     check = asyncio.run(_schema_check(database_url))
-    if check.status is migrate.SchemaStatus.NEWER:
-        raise StartError(check.problem)
+    if check.newer:  # only the code that wrote it knows how to go on from there, or back
+        raise StartError(check.newer)
     try:
         migrate.upgrade(database_url, revision)
     except CommandError as exc:

@@ -55,7 +55,8 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/ready", tags=["operations"], summary="The database is reachable and migrated")
+@get("/ready", tags=["operations"],
+     summary="The database is reachable and at this code's schema (or a later one)")
 async def ready(backend: NamedDependency[Backend]) -> Response[dict[str, Any]]:
     # The answer is in words: never the driver's message, which can carry SQL and parameters.
     try:
@@ -68,8 +69,15 @@ async def ready(backend: NamedDependency[Backend]) -> Response[dict[str, Any]]:
         logger.exception("not ready: reading the schema revision failed")
         return _not_ready("The database's schema revision could not be read; see the API's log.")
     if check.problem:
-        return _not_ready(check.problem[0].upper() + check.problem[1:] + ".")
-    return Response({"status": "ready", "revision": check.current})
+        return _not_ready(_sentence(check.problem))
+    body: dict[str, Any] = {"status": "ready", "revision": check.current}
+    if check.newer:  # mid-upgrade: this process still serves until it is replaced
+        body["warning"] = _sentence(check.newer)
+    return Response(body)
+
+
+def _sentence(text: str) -> str:
+    return text[0].upper() + text[1:] + "."
 
 
 def _not_ready(detail: str) -> Response[dict[str, Any]]:

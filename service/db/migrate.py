@@ -79,7 +79,7 @@ class SchemaStatus(enum.Enum):
     OLDER = "older"
     """At an earlier revision of this code's migrations."""
     NEWER = "newer"
-    """At a revision this code does not know: a newer jobq migrated it."""
+    """At a revision this code does not know: a later jobq migrated it."""
 
 
 @dataclass(frozen=True)
@@ -103,18 +103,25 @@ class SchemaCheck:
 
     @property
     def problem(self) -> str | None:
-        """What is wrong and the command that fixes it, in words; None when current."""
+        """Why this code cannot run on the schema, and the command that fixes it; None when
+        it can (current, or newer: see `newer`)."""
         status = self.status
         if status is SchemaStatus.MISSING:
             return f"the database schema is not migrated (no jobq tables yet): run `{FIX}`"
         if status is SchemaStatus.OLDER:
             return (f"the database schema is older than this code (revision {self.current}, "
                     f"this code needs {self.head}): run `{FIX}`")
-        if status is SchemaStatus.NEWER:
-            return (f"the database schema is newer than this code (revision {self.current} "
-                    f"is unknown here; this code's newest is {self.head}): run the jobq "
-                    "version that migrated it, or a later one")
         return None
+
+    @property
+    def newer(self) -> str | None:
+        """A warning when a later jobq migrated the schema, else None. This code still runs
+        on it: that is the middle of an upgrade, migrations first (docs/deploy.md)."""
+        if self.status is not SchemaStatus.NEWER:
+            return None
+        return (f"the database schema is newer than this code (revision {self.current} is "
+                f"unknown here; this code's newest is {self.head}): a later jobq migrated it; "
+                "upgrade this process")
 
 
 async def check_schema(database_url: str, timeout: float = 5) -> SchemaCheck:

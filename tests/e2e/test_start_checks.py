@@ -73,7 +73,7 @@ def test_serve_and_worker_refuse_an_empty_database_in_one_line(empty_database, c
     assert_one_line(result, f"jobq {command}: {NOT_MIGRATED}")
 
 
-async def test_an_older_or_newer_schema_is_refused_and_migrate_fixes_the_older(empty_database):
+async def test_an_older_schema_is_refused_until_jobq_migrate(empty_database):
     head = migrate.head_revision()
     older = migrate._scripts().get_revision(head).down_revision
     await asyncio.to_thread(migrate.upgrade, empty_database, older)
@@ -86,13 +86,41 @@ async def test_an_older_or_newer_schema_is_refused_and_migrate_fixes_the_older(e
     migrated = run_jobq("migrate", database_url=empty_database)
     assert migrated.returncode == 0, migrated.stderr
     assert "Traceback" not in migrated.stderr
+    conn = await asyncpg.connect(empty_database)
+    try:
+        assert await migrate.read_revision(conn) == head
+    finally:
+        await conn.close()
 
+
+async def test_a_newer_schema_runs_with_a_warning_but_is_not_migrated(empty_database, tmp_path):
+    """Mid-upgrade (migrations first): processes of the previous release keep starting."""
+    await asyncio.to_thread(migrate.upgrade, empty_database)
     await set_revision(empty_database, "f00dcafe")  # as a later jobq would have left it
     newer = ("the database schema is newer than this code (revision f00dcafe is unknown here; "
-             f"this code's newest is {head}): run the jobq version that migrated it, "
-             "or a later one")
-    for command in ("serve", "worker", "migrate"):
-        assert_one_line(run_jobq(command, database_url=empty_database), f"jobq {command}: {newer}")
+             f"this code's newest is {migrate.head_revision()}): a later jobq migrated it; "
+             "upgrade this process")
+    assert_one_line(run_jobq("migrate", database_url=empty_database), f"jobq migrate: {newer}")
+
+    api = Process(["serve"], env_for(empty_database), tmp_path / "serve.log")
+    worker = Process(["worker"], env_for(empty_database), tmp_path / "worker.log")
+    worker_log = worker.log
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            await api.wait_ready(client)
+            assert (await client.get(f"{api.url}/ready")).json() == {
+                "status": "ready", "revision": "f00dcafe",
+                "warning": newer[0].upper() + newer[1:] + "."}
+        deadline = time.monotonic() + 30
+        while "registered" not in worker_log.read_text():
+            assert worker.process.poll() is None, worker_log.read_text()
+            assert time.monotonic() < deadline, worker_log.read_text()
+            await asyncio.sleep(0.1)
+    finally:
+        codes = (worker.stop(), api.stop())
+    assert codes == (0, 0), worker_log.read_text()[-3000:]
+    for log in (api.log, worker_log):
+        assert f"WARNING jobq: {newer}" in log.read_text()
 
 
 def test_a_database_that_does_not_exist_is_one_line(server_url):
@@ -110,9 +138,11 @@ class Process:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        if args[0] != "worker":
+            args = [*args, "--port", str(self.port)]
         with open(log, "a") as out:
-            self.process = subprocess.Popen([JOBQ, *args, "--port", str(self.port)], env=env,
-                                            stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen([JOBQ, *args], env=env, stdout=out,
+                                            stderr=subprocess.STDOUT)
 
     async def wait_ready(self, client: httpx.AsyncClient, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
