@@ -79,8 +79,9 @@ class Settings:
     """Everything configurable about a jobq process. Building one checks it (SettingsError)."""
 
     database_url: Annotated[str | None, Var(
-        "DATABASE_URL", "the PostgreSQL database", _database_url,
-        shown="unset: embedded (`jobq up` only)")] = None
+        "DATABASE_URL", "the PostgreSQL database; `sslmode=` for TLS (docs/deploy.md)",
+        _database_url,
+        shown="unset: embedded (`jobq up` only, with the `embedded` extra)")] = None
     data_dir: Annotated[Path, Var(
         "JOBQ_DATA_DIR", "embedded PostgreSQL's data", _path, flag="--data-dir")] = Path(".jobq")
     host: Annotated[str, Var(
