@@ -49,7 +49,8 @@ def setting_options(*flags: str) -> Callable[[Callable[..., Any]], Callable[...,
         for flag in reversed(flags):
             f, var = declared[flag]
             default = var.shown or settings_module.shown(f.default)
-            metavar = {"_whole": "N", "_path": "DIR", "_queues": "Q1,Q2"}.get(
+            metavar = {"_whole": "N", "_path": "DIR", "_queues": "Q1,Q2",
+                       "_modules": "PKG.MODULE"}.get(
                 var.parse.__name__, "TEXT")
             function = click.option(flag, metavar=metavar,
                                     help=f"{var.doc} (default {default}; env {var.env})")(function)
@@ -60,6 +61,7 @@ def setting_options(*flags: str) -> Callable[[Callable[..., Any]], Callable[...,
 
 http_options = setting_options("--host", "--port")
 worker_options = setting_options("--queues", "--concurrency")
+app_option = setting_options("--app")
 name_option = click.option("--name", help="worker name shown in /api/v1/workers "
                            "(default host-pid)")
 
@@ -68,12 +70,14 @@ name_option = click.option("--name", help="worker name shown in /api/v1/workers 
 @http_options
 @worker_options
 @name_option
+@app_option
 @setting_options("--data-dir")
 def up(name: str | None, **flags: Any) -> None:
     """Run the API and one worker in one process (embedded PostgreSQL without DATABASE_URL).
 
     With DATABASE_URL, an empty or older database is migrated first."""
     settings = _settings(flags)
+    _load_job_types(settings, "up", runs_them=True)
     if not settings.database_url:
         _require_embedded_postgres()
     _exit_on_start_error("up", lambda: uvloop.run(_up(settings, name)))
@@ -81,9 +85,11 @@ def up(name: str | None, **flags: Any) -> None:
 
 @cli.command()
 @http_options
+@app_option
 def serve(**flags: Any) -> None:
     """Run the HTTP API against DATABASE_URL."""
     settings = _settings(flags, needs_database="serve")
+    _load_job_types(settings, "serve", runs_them=False)
     assert settings.database_url
     _require_current_schema(settings.database_url, "serve")
     uvloop.run(_serve(settings))
@@ -92,9 +98,11 @@ def serve(**flags: Any) -> None:
 @cli.command()
 @worker_options
 @name_option
+@app_option
 def worker(name: str | None, **flags: Any) -> None:
     """Run a worker against DATABASE_URL."""
     settings = _settings(flags, needs_database="worker")
+    _load_job_types(settings, "worker", runs_them=True)
     assert settings.database_url
     _require_current_schema(settings.database_url, "worker")
     uvloop.run(_work(settings, name))
@@ -141,6 +149,23 @@ def _settings(flags: dict[str, Any], needs_database: str | None = None) -> Setti
         sys.exit(f"jobq {needs_database}: DATABASE_URL is not set. Point it at your PostgreSQL, "
                  "or use `jobq up` to run everything on an embedded database.")
     return settings
+
+
+def _load_job_types(settings: Settings, command: str, runs_them: bool) -> None:
+    """Import the modules of --app (JOBQ_APP), declaring their job types, and for a worker the
+    code of every type; exits with one line saying what to fix if any of it fails."""
+    from service.domain import jobtypes
+
+    try:
+        if settings.app:
+            jobtypes.load(settings.app)
+        if runs_them:
+            from workers.app import check_implementations
+
+            check_implementations()
+    except jobtypes.DeclarationError as exc:
+        sys.exit(f"jobq {command}: {exc}")
+    logger.info("job types: %s", ", ".join(jobtypes.REGISTRY.names()))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -95,8 +95,9 @@ class TransientJobError(JobFailure):
     retryable = True
 
 
-class JobTimeout(PermanentJobError):
-    """The job ran longer than its timeout and was stopped; every job type reports it so."""
+class JobTimeout(JobFailure):
+    """The job ran longer than its timeout and was stopped; every job type reports it so.
+    Retried like any failure unless the job type says otherwise (`retry_timeouts`)."""
 
     def __init__(self, seconds: float) -> None:
         super().__init__(f"The job ran longer than its timeout of {seconds:g} s and was stopped.")

@@ -52,6 +52,10 @@ def _queues(name: str, raw: str) -> tuple[str, ...]:
     return tuple(q.strip() for q in raw.split(",") if q.strip())
 
 
+def _modules(name: str, raw: str) -> str | None:
+    return raw.strip() or None
+
+
 def _database_url(name: str, raw: str) -> str | None:
     if not raw:
         return None
@@ -129,6 +133,10 @@ class Settings:
     conversion_memory_mb: Annotated[int, Var(
         "JOBQ_CONVERSION_MEMORY_MB", "address-space limit of one conversion process", _whole,
         minimum=256)] = 2048
+    app: Annotated[str | None, Var(
+        "JOBQ_APP", "modules declaring your own job types (`pkg.module`, comma-separated; "
+        "[docs/job-types.md](docs/job-types.md))", _modules, flag="--app",
+        shown="none: jobq's own types only")] = None
     extra: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Unrecognised `JOBQ_*` variables, kept to warn about typos."""
 

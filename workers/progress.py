@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from service.backend import Backend
 
@@ -33,6 +34,9 @@ class JobRun:
     """Seconds this attempt may run before it is stopped."""
     _writer: ProgressWriter
     _interval: float
+    sandbox: Any = None
+    """The worker's child processes for CPU-heavy work (workers/sandbox.py), for job code that
+    runs part of its work there (mesh.convert); set when the job's code starts."""
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the job must stop: cancelled by a client, worker shutdown or lost lease."""
     _pending: tuple[int, str | None, str | None] | None = None

@@ -29,7 +29,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-OnProgress = Callable[[int, str], Awaitable[None]]
+OnProgress = Callable[..., Awaitable[None]]
+"""on_progress(percent, stage), or (percent, stage, message) when the work gave one."""
 
 PRELOAD = ("trimesh", "PIL.Image", "collada", "workers.convert")
 """Modules the forkserver imports once for every child. The forkserver is one per worker
@@ -90,8 +91,9 @@ class Sandbox:
                   on_progress: OnProgress | None = None) -> Any:
         """`func(*args, progress=report)` in a child; its result, or its exception re-raised.
 
-        `report(percent, stage)` in the child awaits `on_progress` here. SandboxTimeout past
-        `timeout` seconds from the child's start; cancelling the caller kills the child too.
+        `report(percent, stage=None, message=None)` in the child awaits `on_progress` here.
+        SandboxTimeout past `timeout` seconds from the child's start; cancelling the caller
+        kills the child too.
         """
         if self._closed:
             raise SandboxClosed("the sandbox is closed")
@@ -244,8 +246,11 @@ def _child(conn: Connection, func: Callable[..., Any], args: tuple,
     if memory_mb:
         _limit_memory(memory_mb)
 
-    def report(percent: int, stage: str) -> None:
-        conn.send_bytes(pickle.dumps(("progress", int(percent), str(stage))))
+    def report(percent: int, stage: str | None = None, message: str | None = None) -> None:
+        # A message only when there is one: on_progress(percent, stage) is enough otherwise.
+        extra = () if message is None else (str(message),)
+        conn.send_bytes(pickle.dumps(("progress", int(percent),
+                                      None if stage is None else str(stage), *extra)))
 
     try:
         message = ("ok", func(*args, progress=report))

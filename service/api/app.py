@@ -35,6 +35,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
     return Litestar(
         route_handlers=[
             job_routes.JobsController,
+            job_routes.list_job_types,
             ops.QueuesController,
             ops.list_workers,
             ops.recover_stalled,

@@ -13,7 +13,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from service import jobs
 from service.api import schemas
 from service.backend import Backend
-from service.domain import requests
+from service.domain import jobtypes, requests
 from service.domain.status import Status
 
 Idempotency = Annotated[
@@ -92,3 +92,9 @@ class JobsController(Controller):
     @delete("/{job_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Delete a finished job")
     async def remove(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> None:
         await jobs.delete_job(backend, schemas.parse_job_id(job_id))
+
+
+@get(f"{schemas.API}/job-types", tags=["jobs"], summary="The job types this API accepts")
+async def list_job_types() -> dict[str, Any]:
+    """Each declared type with its queue, defaults and payload JSON schema."""
+    return {"items": [t.describe() for t in jobtypes.REGISTRY]}

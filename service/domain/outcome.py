@@ -50,10 +50,11 @@ class JobError:
                 "traceback": self.traceback}
 
 
-def timeout_error(seconds: float) -> JobError:
-    """A timeout, reported the same way whoever noticed it (the worker, or the job's sandbox)."""
+def timeout_error(seconds: float, retryable: bool = True) -> JobError:
+    """A timeout, reported the same way whoever noticed it (the worker, or the job's sandbox);
+    retryable unless the job type says timeouts are not retried."""
     exc = errors.JobTimeout(seconds)
-    return JobError(type(exc).__name__, str(exc), exc.retryable)
+    return JobError(type(exc).__name__, str(exc), retryable)
 
 
 WORKER_LOST = JobError("WorkerLost", "The worker running this job stopped sending heartbeats.",
@@ -154,12 +155,12 @@ def decide(happened: Happened, *, attempt: int, max_attempts: int, policy: Retry
             return Succeeded(value if value is None or isinstance(value, dict)
                              else {"value": value})
         case TimedOut(seconds):
-            return Failed(timeout_error(seconds))
+            error = timeout_error(seconds, policy.retry_timeouts)
         case Stopped(_, exception):
             return Interrupted(None if exception is None
                                else JobError.of(exception, policy.is_retryable(exception)))
         case Raised(errors.JobTimeout() as exc):
-            return Failed(timeout_error(exc.seconds))
+            error = timeout_error(exc.seconds, policy.retry_timeouts)
         case Raised(asyncio.CancelledError()):
             return Cancelled()
         case Raised(exc):
@@ -171,7 +172,7 @@ def decide(happened: Happened, *, attempt: int, max_attempts: int, policy: Retry
     return Failed(error)
 
 
-def retry_policy(task_name: str, backoff: dict[str, float] | None) -> RetryPolicy:
+def retry_policy(task_name: str, backoff: dict[str, Any] | None) -> RetryPolicy:
     """A job's retry policy: its type's, with the job's own backoff where it gives one (the
     default policy for a type this process does not know)."""
     try:

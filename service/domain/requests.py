@@ -17,18 +17,23 @@ from typing import Any
 import msgspec
 
 from service import errors
-from service.domain import jobtypes
+from service.domain import jobtypes, retry
 
 MAX_BATCH = 1000
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
 class Backoff(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """Per-job override of the job type's backoff between attempts."""
+    """Per-job override of the job type's backoff between attempts (service/domain/retry.py):
+    `kind` exponential (from `base_seconds`, doubling, at most `cap_seconds`), fixed
+    (`base_seconds` each time) or list (`delays`, one per failed attempt, the last repeated);
+    `jitter` shortens each wait by a random share up to it. Fields not given are the type's."""
 
+    kind: str | None = None
     base_seconds: float | None = None
     cap_seconds: float | None = None
     jitter: float | None = None
+    delays: list[float] | None = None
 
 
 class JobRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -37,7 +42,8 @@ class JobRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     type: str
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
     queue: str | None = None
-    priority: int = 0
+    priority: int | None = None
+    """Higher runs first; the type's default when not given (0 unless it says otherwise)."""
     run_at: datetime | None = None
     delay_seconds: float | None = None
     max_attempts: int | None = None
@@ -48,6 +54,9 @@ class JobRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Jobs sharing a lock run one at a time, in order (Procrastinate's `lock`)."""
     queueing_lock: str | None = None
     """At most one queued job holds this value (Procrastinate's `queueing_lock`)."""
+    key: str | None = None
+    """The client's own id for the job (BullMQ's jobId): while a job with this key exists,
+    submitting it again returns that job instead of creating another."""
 
 
 class JobBatch(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -89,6 +98,10 @@ def plan(request: JobRequest, prefix: str = "", with_files: bool = False) -> Pla
         raise
     resolved = msgspec.structs.replace(
         request, payload=payload, queue=request.queue or job_type.queue,
+        priority=job_type.priority if request.priority is None else request.priority,
+        lock=job_type.lock if request.lock is None else request.lock,
+        queueing_lock=(job_type.queueing_lock if request.queueing_lock is None
+                       else request.queueing_lock),
         max_attempts=(job_type.retry.max_attempts if request.max_attempts is None
                       else request.max_attempts),
         timeout_seconds=(job_type.timeout.total_seconds() if request.timeout_seconds is None
@@ -125,21 +138,45 @@ def _problems(r: JobRequest, prefix: str) -> list[errors.FieldError]:
         problem("timeout_seconds", "must be more than 0 and at most 604800 (a week)")
     if r.callback_url is not None and not r.callback_url.startswith(("http://", "https://")):
         problem("callback_url", "must be an http(s) URL")
-    for name in ("lock", "queueing_lock"):
+    for name in ("lock", "queueing_lock", "key"):
         value = getattr(r, name)
         if value is not None and not 1 <= len(value) <= 255:
             problem(name, "must be 1-255 characters")
-    for key, value in backoff_dict(r.backoff).items():
-        low, high = _BACKOFF_LIMITS[key]
-        if not low <= value <= high:
-            problem(f"backoff.{key}", f"must be between {low} and {high}")
+    for field, message in backoff_problems(r.backoff):
+        problem(field, message)
     return problems
 
 
 _BACKOFF_LIMITS = {"base_seconds": (0, 86_400), "cap_seconds": (0, 7 * 86_400), "jitter": (0, 1)}
+MAX_DELAYS = 100
 
 
-def backoff_dict(backoff: Backoff | None) -> dict[str, float]:
+def backoff_problems(backoff: Backoff | None) -> list[tuple[str, str]]:
+    """What is wrong with a per-job backoff, as (field, message) pairs."""
+    if backoff is None:
+        return []
+    problems = []
+    for key, value in backoff_dict(backoff).items():
+        if key in _BACKOFF_LIMITS:
+            low, high = _BACKOFF_LIMITS[key]
+            if not low <= value <= high:
+                problems.append((f"backoff.{key}", f"must be between {low} and {high}"))
+    if backoff.kind is not None and backoff.kind not in retry.BACKOFF_KINDS:
+        problems.append(("backoff.kind", f"must be one of {', '.join(retry.BACKOFF_KINDS)}"))
+    if backoff.delays is not None:
+        if backoff.kind not in (None, "list"):
+            problems.append(("backoff.delays", 'is only for kind "list"'))
+        if not 1 <= len(backoff.delays) <= MAX_DELAYS:
+            problems.append(("backoff.delays", f"must hold 1 to {MAX_DELAYS} delays"))
+        for i, delay in enumerate(backoff.delays):
+            if not 0 <= delay <= 7 * 86_400:
+                problems.append((f"backoff.delays[{i}]", "must be between 0 and 604800"))
+    elif backoff.kind == "list":
+        problems.append(("backoff.delays", 'kind "list" needs delays, e.g. [1, 5, 15]'))
+    return problems
+
+
+def backoff_dict(backoff: Backoff | None) -> dict[str, Any]:
     """The fields of a per-job backoff that were given."""
     return {} if backoff is None else msgspec.to_builtins(backoff)
 
@@ -152,4 +189,6 @@ def _fingerprint(r: JobRequest) -> str:
                          None if r.backoff is None else backoff_dict(r.backoff)]
     if r.lock is not None or r.queueing_lock is not None:
         fields += [r.lock, r.queueing_lock]
+    if r.key is not None:
+        fields += [r.key]
     return hashlib.sha256(msgspec.json.encode(fields, order="sorted")).hexdigest()

@@ -162,13 +162,16 @@ async def test_cancelling_a_running_job_stops_it(client, start_worker):
     assert [e["event"] for e in record["items"]][-2:] == ["cancel_requested", "cancelled"]
 
 
-async def test_timeout_fails_the_job_and_the_worker_goes_on(client, start_worker):
+async def test_a_timeout_is_a_failed_attempt_retried_and_the_worker_goes_on(client,
+                                                                           start_worker):
     start_worker()
-    slow = await submit(client, {"seconds": 30}, timeout_seconds=0.5)
+    slow = await submit(client, {"seconds": 30}, timeout_seconds=0.5, max_attempts=2)
     failed = await eventually(status_is(client, slow["id"], "failed"), timeout=15)
     assert failed["error"]["type"] == "JobTimeout"
     assert "timeout of 0.5 s" in failed["error"]["message"]
-    assert failed["attempts"] == 1, "timeouts are not retried"
+    assert failed["attempts"] == 2, "a timeout is retried like any failure"
+    record = await history(client, slow["id"])
+    assert [a["outcome"] for a in record["attempts"]] == ["retry", "failed"]
     after = await submit(client)
     await eventually(status_is(client, after["id"], "succeeded"))
 

@@ -9,9 +9,9 @@ import pytest
 
 from service import errors
 from service.domain import jobtypes
+from service.domain import retry
 from service.domain.retry import RetryPolicy
 from service.domain.status import Status
-from service.settings import Settings
 
 
 def test_sleep_payload_fills_defaults():
@@ -43,25 +43,62 @@ def test_unknown_job_type_lists_the_known_ones():
 
 
 def test_backoff_doubles_up_to_the_cap():
-    policy = RetryPolicy(base=timedelta(seconds=1), cap=timedelta(seconds=5), jitter=0)
+    policy = RetryPolicy(backoff=retry.exponential(base=1, cap=5, jitter=0))
     assert [policy.delay(n).total_seconds() for n in range(1, 6)] == [1, 2, 4, 5, 5]
 
 
+def test_a_fixed_backoff_waits_the_same_every_time():
+    policy = RetryPolicy(backoff=retry.fixed(3))
+    assert [policy.delay(n).total_seconds() for n in range(1, 5)] == [3, 3, 3, 3]
+
+
+def test_a_list_of_delays_is_used_in_order_and_the_last_repeated():
+    policy = RetryPolicy(max_attempts=6, backoff=retry.delays(1, 5, 15))
+    assert [policy.delay(n).total_seconds() for n in range(1, 6)] == [1, 5, 15, 15, 15]
+
+
 def test_jitter_only_shortens_the_wait_by_at_most_its_share():
-    policy = RetryPolicy(base=timedelta(seconds=10), jitter=0.2)
+    policy = RetryPolicy(backoff=retry.exponential(base=10, jitter=0.2))
     rng = random.Random(7)
     delays = [policy.delay(1, rng).total_seconds() for _ in range(200)]
     assert all(8 <= d <= 10 for d in delays)
     assert len(set(delays)) > 100
 
 
-def test_only_transient_errors_are_retried():
+def test_any_error_is_retried_but_permanent_ones():
     policy = RetryPolicy()
     assert policy.is_retryable(errors.TransientJobError("later"))
     assert policy.is_retryable(ConnectionResetError())
-    assert not policy.is_retryable(ValueError("bad input"))
+    assert policy.is_retryable(ValueError("a bug, or bad input: BullMQ retries it too"))
     assert not policy.is_retryable(errors.PermanentJobError("never"))
-    assert policy.is_retryable(errors.JobFailure("explicit", retryable=True))
+    assert not policy.is_retryable(errors.JobFailure("explicit", retryable=False))
+
+
+def test_the_types_a_job_type_lists_as_permanent_are_not_retried():
+    policy = retry.policy_of(None, permanent=(KeyError,))
+    assert not policy.is_retryable(KeyError("x"))
+    assert policy.is_retryable(ValueError("x"))
+
+
+def test_timeouts_are_retried_unless_the_type_says_otherwise():
+    assert RetryPolicy().is_retryable(errors.JobTimeout(1))
+    assert not retry.policy_of(None, retry_timeouts=False).is_retryable(errors.JobTimeout(1))
+
+
+@pytest.mark.parametrize(("retry_value", "attempts"), [(None, 3), (0, 1), (4, 5), (False, 1)])
+def test_retry_as_procrastinate_counts_it_retries_plus_the_first_run(retry_value, attempts):
+    assert retry.policy_of(retry_value).max_attempts == attempts
+
+
+def test_a_procrastinate_retry_strategy_becomes_a_policy():
+    import procrastinate
+
+    policy = retry.policy_of(procrastinate.RetryStrategy(max_attempts=2, wait=5))
+    assert (policy.max_attempts, policy.backoff.kind, policy.delay(1).total_seconds()) == (
+        3, "fixed", 5)
+    with pytest.raises(ValueError, match="permanent_errors"):
+        retry.policy_of(procrastinate.RetryStrategy(max_attempts=2,
+                                                    retry_exceptions={ValueError}))
 
 
 def test_retry_stops_at_max_attempts_and_never_for_permanent_errors():
@@ -79,16 +116,26 @@ def test_terminal_statuses():
 
 
 def test_a_job_can_override_base_cap_and_jitter():
-    policy = RetryPolicy(base=timedelta(seconds=1), cap=timedelta(seconds=60), jitter=0.2)
+    policy = RetryPolicy(backoff=retry.exponential(base=1, cap=60, jitter=0.2))
     own = policy.with_backoff({"base_seconds": 3, "cap_seconds": 10, "jitter": 0})
     assert [own.delay(n).total_seconds() for n in (1, 2, 3)] == [3, 6, 10]
     assert policy.with_backoff(None) is policy
     assert policy.with_backoff({"jitter": 0}).base == timedelta(seconds=1)
 
 
+def test_a_job_can_choose_another_kind_of_backoff():
+    policy = RetryPolicy(backoff=retry.exponential(base=1))
+    assert [policy.with_backoff({"delays": [1, 5], "jitter": 0}).delay(n).total_seconds()
+            for n in (1, 2, 3)] == [1, 5, 5]
+    fixed = policy.with_backoff({"kind": "fixed", "base_seconds": 2, "jitter": 0})
+    assert [fixed.delay(n).total_seconds() for n in (1, 2, 3)] == [2, 2, 2]
+
+
 def test_the_worker_runs_exactly_the_declared_job_types():
     # The handlers are keyed by the declarations' names: none undeclared, none missing.
     from workers import app as worker_app
+    from workers.sandbox import Sandbox
+    from workers.tasks.declared import Threads
 
-    handlers = worker_app.make_handlers(Settings(), pool=None)
-    assert handlers.keys() == jobtypes.REGISTRY.keys()
+    handlers = worker_app.make_handlers(Sandbox(size=1), Threads(1))
+    assert sorted(handlers) == jobtypes.REGISTRY.names()

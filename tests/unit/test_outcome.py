@@ -11,11 +11,12 @@ import pytest
 
 from service import attempts, errors
 from service.domain import outcome
+from service.domain import retry
 from service.domain.retry import RetryPolicy
 from service.domain.status import Outcome
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-POLICY = RetryPolicy(max_attempts=3, base=timedelta(seconds=2), jitter=0)
+POLICY = RetryPolicy(max_attempts=3, backoff=retry.exponential(base=2, jitter=0))
 
 
 def decide(happened, attempt=1, max_attempts=3, policy=POLICY):
@@ -60,24 +61,43 @@ def test_the_jobs_own_max_attempts_beats_the_policys():
                       outcome.Failed)
 
 
-@pytest.mark.parametrize("exc", [errors.PermanentJobError("bad input"), ValueError("a bug")])
-def test_permanent_errors_and_bugs_fail_at_once(exc):
+@pytest.mark.parametrize("exc", [errors.PermanentJobError("bad input"),
+                                 errors.JobFailure("no", retryable=False)])
+def test_permanent_errors_fail_at_once(exc):
     decision = decide(raised(exc), attempt=1)
     assert isinstance(decision, outcome.Failed)
     assert decision.error.retryable is False
     assert decision.error.type == type(exc).__name__
 
 
+def test_any_other_exception_is_retried_like_bullmq_does():
+    decision = decide(raised(ValueError("a bug")), attempt=1)
+    assert isinstance(decision, outcome.RetryAt)
+    assert decision.error.retryable is True
+
+
+def test_an_exception_type_the_job_type_lists_fails_at_once():
+    policy = retry.policy_of(2, permanent=(KeyError,))
+    assert isinstance(decide(raised(KeyError("k")), policy=policy), outcome.Failed)
+
+
 def test_an_error_without_a_message_is_named_by_its_type():
     assert decide(raised(ValueError())).error.message == "ValueError"
 
 
-def test_a_timeout_fails_without_retry_and_reads_the_same_whoever_noticed_it():
+def test_a_timeout_is_retried_and_reads_the_same_whoever_noticed_it():
     by_worker = decide(outcome.TimedOut(0.5))
     by_job = decide(raised(errors.JobTimeout(0.5)))  # e.g. the conversion sandbox's own limit
     assert by_worker == by_job
-    assert by_worker == outcome.Failed(outcome.JobError(
-        "JobTimeout", "The job ran longer than its timeout of 0.5 s and was stopped.", False))
+    assert by_worker == outcome.RetryAt(NOW + timedelta(seconds=2), outcome.JobError(
+        "JobTimeout", "The job ran longer than its timeout of 0.5 s and was stopped.", True))
+    assert decide(outcome.TimedOut(0.5), attempt=3) == outcome.Failed(by_worker.error)
+
+
+def test_a_timeout_fails_at_once_when_the_type_says_so():
+    policy = retry.policy_of(2, retry_timeouts=False)
+    decision = decide(outcome.TimedOut(0.5), policy=policy)
+    assert isinstance(decision, outcome.Failed) and decision.error.retryable is False
 
 
 def test_a_stopped_job_is_interrupted_whatever_the_reason():
@@ -102,7 +122,7 @@ def test_a_lost_attempt_is_a_retryable_failure_like_any_other():
 
 
 def test_jitter_only_shortens_the_wait():
-    policy = RetryPolicy(base=timedelta(seconds=10), jitter=0.5)
+    policy = RetryPolicy(backoff=retry.exponential(base=10, jitter=0.5))
     for seed in range(20):
         decision = outcome.decide(outcome.Lost(), attempt=1, max_attempts=3, policy=policy,
                                   now=NOW, rng=random.Random(seed))
@@ -114,6 +134,9 @@ def test_a_jobs_policy_is_its_types_with_its_own_backoff():
     assert policy.base == timedelta(seconds=5)
     assert policy.max_attempts == 3
     assert outcome.retry_policy("system.sleep", None).base == timedelta(milliseconds=200)
+    listed = outcome.retry_policy("system.sleep", {"kind": "list", "delays": [1, 5, 15],
+                                                   "jitter": 0})
+    assert [listed.delay(n).total_seconds() for n in (1, 2, 3, 4)] == [1, 5, 15, 15]
 
 
 def test_a_type_this_process_does_not_know_gets_the_default_policy():

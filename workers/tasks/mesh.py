@@ -12,11 +12,14 @@ from typing import Any
 import msgspec
 
 from service import conversions, errors
-from service.domain.jobtypes import ConvertPayload
+from service.domain.builtin import ConvertPayload
 from service.storage import FileInfo, PostgresFileStore
 from workers import convert, leases, sandbox
-from workers.outcomes import Handler
 from workers.progress import JobRun
+
+
+class ConversionCrashed(errors.TransientJobError):
+    """The conversion's child process died without answering (killed, out of memory)."""
 
 
 def cache_key(inputs: list[FileInfo], payload: ConvertPayload) -> str:
@@ -26,41 +29,41 @@ def cache_key(inputs: list[FileInfo], payload: ConvertPayload) -> str:
     return hashlib.sha256(material).hexdigest()
 
 
-def make_handler(pool: sandbox.Sandbox) -> Handler:
-    """The mesh.convert job function, converting in `pool`'s child processes."""
+async def convert_mesh(run: JobRun, payload: ConvertPayload) -> dict[str, Any]:
+    """The mesh.convert job: converts in the worker's child processes (`run.sandbox`).
+    A crashed or timed-out conversion may be tried again (the type allows one retry); an
+    invalid mesh fails for good (InvalidMesh is permanent)."""
+    pool: sandbox.Sandbox = run.sandbox
+    store = PostgresFileStore(run.backend)
+    inputs = await conversions.job_files(run.backend, run.job_id, "input")
+    if not inputs:
+        raise errors.PermanentJobError("This job has no input files to convert.")
+    key = cache_key(inputs, payload)
+    if payload.reuse and (reused := await _reuse(run, key)) is not None:
+        return reused
+    await run.progress(5, stage="stored")
+    with tempfile.TemporaryDirectory(prefix="jobq-convert-") as work:
+        folder = Path(work)
+        files = [(f.name, await _download(store, f, folder / "in")) for f in inputs]
+        await run.progress(10, stage="loading")
 
-    async def convert_mesh(run: JobRun, payload: ConvertPayload) -> dict[str, Any]:
-        store = PostgresFileStore(run.backend)
-        inputs = await conversions.job_files(run.backend, run.job_id, "input")
-        if not inputs:
-            raise errors.PermanentJobError("This job has no input files to convert.")
-        key = cache_key(inputs, payload)
-        if payload.reuse and (reused := await _reuse(run, key)) is not None:
-            return reused
-        await run.progress(5, stage="stored")
-        with tempfile.TemporaryDirectory(prefix="jobq-convert-") as work:
-            folder = Path(work)
-            files = [(f.name, await _download(store, f, folder / "in")) for f in inputs]
-            await run.progress(10, stage="loading")
+        async def report(percent: int, stage: str | None, message: str | None = None) -> None:
+            await run.progress(10 + percent * 0.8, stage=stage, message=message)
 
-            async def report(percent: int, stage: str) -> None:
-                await run.progress(10 + percent * 0.8, stage=stage)
-
-            started = time.monotonic()
-            try:
-                result = await pool.run(convert.convert, files, payload.format, payload.options,
-                                        folder / "out", timeout=run.timeout,
-                                        on_progress=report)
-            except sandbox.SandboxTimeout:
-                raise errors.JobTimeout(run.timeout) from None
-            except sandbox.SandboxCrashed as exc:
-                raise convert.InvalidMesh(str(exc)) from None
-            await run.progress(90, stage="saving")
-            stats = {**result.stats, "duration_ms": round((time.monotonic() - started) * 1000)}
-            await _save(run, store, result.path, result.filename, payload.format, key, stats)
-        return stats
-
-    return convert_mesh
+        started = time.monotonic()
+        try:
+            result = await pool.run(convert.convert, files, payload.format, payload.options,
+                                    folder / "out", timeout=run.timeout,
+                                    on_progress=report)
+        except sandbox.SandboxTimeout:
+            raise errors.JobTimeout(run.timeout) from None
+        except sandbox.SandboxCrashed as exc:
+            # Retried once: a crash may be the machine's (memory), not the mesh's.
+            raise ConversionCrashed(str(exc)) from None
+        await run.progress(90, stage="saving")
+        stats = {**result.stats, "duration_ms": round((time.monotonic() - started) * 1000)}
+        await _save(run, store, result.path, result.filename, payload.format, key, stats)
+    return stats
 
 
 async def _download(store: PostgresFileStore, info: FileInfo, folder: Path) -> Path:

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from service import errors
-from service.domain.jobtypes import NoopPayload, SleepPayload
+from service.domain.builtin import NoopPayload, SleepPayload
 from workers.progress import JobRun
 
 
