@@ -20,6 +20,7 @@ validates and lists them). docs/job-types.md describes all of it.
 
 from __future__ import annotations
 
+from jobq.enqueueing import enqueue
 from service.domain.context import Context, SyncContext
 from service.domain.jobtypes import App, DeclarationError, JobType, Task, load
 from service.domain.retry import Backoff, delays, exponential, fixed
@@ -32,7 +33,6 @@ from service.errors import (
     TransientJobError,
     UnknownJobType,
 )
-from jobq.enqueueing import enqueue
 
 __all__ = [
     "App",

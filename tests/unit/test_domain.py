@@ -8,8 +8,7 @@ from datetime import timedelta
 import pytest
 
 from service import errors
-from service.domain import jobtypes
-from service.domain import retry
+from service.domain import jobtypes, retry
 from service.domain.retry import RetryPolicy
 from service.domain.status import Status
 

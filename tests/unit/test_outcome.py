@@ -10,8 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from service import attempts, errors
-from service.domain import outcome
-from service.domain import retry
+from service.domain import outcome, retry
 from service.domain.retry import RetryPolicy
 from service.domain.status import Outcome
 
