@@ -114,6 +114,20 @@ async def test_broken_file_fails_for_good_with_a_reason(client, start_worker):
     assert "no geometry" in failed["error"]["message"]
 
 
+async def test_a_crashed_conversion_is_retried_once(client, start_worker):
+    # 256 MB of address space is less than a child needs for a 327,680-face sphere: it runs
+    # out of memory on every attempt, as on a machine short of memory.
+    start_worker(env={"JOBQ_CONVERSION_MEMORY_MB": "256"})
+    data = trimesh.creation.icosphere(subdivisions=7).export(file_type="obj").encode()
+    job = (await client.post("/api/v1/conversions", data={"format": "glb"},
+                             files=[("file", ("sphere.obj", data, "text/plain"))])).json()
+    failed = await eventually(status_is(client, job["id"], "failed"), timeout=60)
+    record = await history(client, job["id"])
+    assert [a["outcome"] for a in record["attempts"]] == ["retry", "failed"]
+    assert failed["error"]["type"] == "ConversionCrashed", failed["error"]
+    assert failed["error"]["retryable"] is True
+
+
 async def test_conversion_past_its_timeout_fails_and_the_worker_goes_on(
     client, start_worker, tmp_path
 ):
@@ -126,6 +140,8 @@ async def test_conversion_past_its_timeout_fails_and_the_worker_goes_on(
     assert response.status_code == 201, response.text
     failed = await eventually(status_is(client, response.json()["id"], "failed"), timeout=60)
     assert failed["error"]["type"] == "JobTimeout"
+    record = await history(client, failed["id"])
+    assert [a["outcome"] for a in record["attempts"]] == ["retry", "failed"], "retried once"
     after = (await upload(client, "cube.OBJ")).json()
     await eventually(status_is(client, after["id"], "succeeded"), timeout=60)
 
