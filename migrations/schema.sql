@@ -1,4 +1,4 @@
--- The schema of a jobq database at revision 0010, written from a migrated database by
+-- The schema of a jobq database at revision 0012, written from a migrated database by
 -- `python -m service.db.schema write`: do not edit by hand. tests/migrations checks that it
 -- is current. Alembic's revisions (migrations/versions) build the database; this file is for
 -- reading, and for copying a function's current text into a new revision.
@@ -124,8 +124,10 @@ CREATE TABLE jobs (
     error jsonb,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     backoff jsonb,
+    key character varying(255),
     CONSTRAINT pk_jobs PRIMARY KEY (id),
     CONSTRAINT uq_jobs_idempotency_key UNIQUE (idempotency_key),
+    CONSTRAINT uq_jobs_key UNIQUE (key),
     CONSTRAINT uq_jobs_queue_job_id UNIQUE (queue_job_id),
     CONSTRAINT fk_jobs_queue_job_id_procrastinate_jobs FOREIGN KEY (queue_job_id) REFERENCES procrastinate_jobs(id) ON DELETE CASCADE,
     CONSTRAINT ck_jobs_max_attempts_positive CHECK (max_attempts >= 1),
@@ -252,7 +254,8 @@ CREATE VIEW job_overview AS
             ELSE NULL::timestamp with time zone
         END AS finished_at,
     pj.id AS queue_job_id,
-    pj.worker_id
+    pj.worker_id,
+    j.key
    FROM jobs j
      JOIN procrastinate_jobs pj ON pj.id = j.queue_job_id;
 
@@ -642,7 +645,7 @@ AS $function$
     ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = now()
 $function$;
 
-CREATE OR REPLACE FUNCTION public.jobq_submit_jobs(p_ids uuid[], p_queues character varying[], p_types character varying[], p_priorities integer[], p_scheduled_at timestamp with time zone[], p_payloads text[], p_max_attempts integer[], p_timeouts double precision[], p_callback_urls text[], p_idempotency_key text, p_fingerprints text[], p_backoffs text[], p_locks text[], p_queueing_locks text[], p_overview boolean)
+CREATE OR REPLACE FUNCTION public.jobq_submit_jobs(p_ids uuid[], p_queues character varying[], p_types character varying[], p_priorities integer[], p_scheduled_at timestamp with time zone[], p_payloads text[], p_max_attempts integer[], p_timeouts double precision[], p_callback_urls text[], p_idempotency_key text, p_fingerprints text[], p_backoffs text[], p_locks text[], p_queueing_locks text[], p_keys text[], p_overview boolean)
  RETURNS SETOF job_overview
  LANGUAGE plpgsql
  SET jit TO 'off'
@@ -661,13 +664,13 @@ BEGIN
 
     WITH inserted AS (
         INSERT INTO jobs (id, queue_job_id, payload, max_attempts, timeout_seconds,
-                          callback_url, idempotency_key, request_fingerprint, backoff)
+                          callback_url, idempotency_key, request_fingerprint, backoff, key)
         SELECT u.id, u.queue_job_id, u.payload::jsonb, u.max_attempts, u.timeout_seconds,
-               u.callback_url, p_idempotency_key, u.fingerprint, u.backoff::jsonb
+               u.callback_url, p_idempotency_key, u.fingerprint, u.backoff::jsonb, u.key
         FROM unnest(p_ids, v_queue_ids, p_payloads, p_max_attempts, p_timeouts,
-                    p_callback_urls, p_fingerprints, p_backoffs)
+                    p_callback_urls, p_fingerprints, p_backoffs, p_keys)
             AS u(id, queue_job_id, payload, max_attempts, timeout_seconds, callback_url,
-                 fingerprint, backoff)
+                 fingerprint, backoff, key)
         RETURNING id
     )
     INSERT INTO job_events (job_id, event) SELECT id, 'submitted' FROM inserted;

@@ -30,13 +30,57 @@ async def enqueue(
 ) -> list[uuid.UUID]:
     """Submit jobs on a connection the caller holds, inside the caller's transaction: they
     exist (and wake workers) only if that transaction commits. `with_files`: the caller links
-    the jobs' input files in the same transaction."""
-    planned = [requests.plan(r, prefix=f"jobs[{i}]." if len(jobs) > 1 else "",
-                             with_files=with_files)
+    the jobs' input files in the same transaction. A request whose `key` names an existing job
+    gets that job's id and creates nothing."""
+    return [job_id for job_id, _ in await enqueue_keyed(conn, jobs, with_files)]
+
+
+async def enqueue_keyed(
+    conn: asyncpg.Connection, jobs: list[requests.JobRequest], with_files: bool = False,
+    batch: bool = False,
+) -> list[tuple[uuid.UUID, bool]]:
+    """As `enqueue`, with whether each job was created now (False: its key named a job).
+    Errors name fields as `jobs[i].…` for a batch (or more than one request)."""
+    prefix = (lambda i: f"jobs[{i}].") if batch or len(jobs) > 1 else (lambda i: "")
+    planned = [requests.plan(r, prefix=prefix(i), with_files=with_files)
                for i, r in enumerate(jobs)]
-    with _queueing_lock_conflict():
-        await submit.write(conn, planned)
-    return [p.id for p in planned]
+    _check_keys_differ(planned, prefix)
+    keys = [p.request.key for p in planned if p.request.key is not None]
+    held = await submit.existing_keys(conn, keys) if keys else {}
+    new = [p for p in planned if p.request.key not in held]
+    if new:
+        with _queueing_lock_conflict(), _key_conflict():
+            await submit.write(conn, new)
+    return [(held[p.request.key], False) if p.request.key in held else (p.id, True)
+            for p in planned]
+
+
+def _check_keys_differ(planned: list[requests.Planned], prefix) -> None:
+    first: dict[str, int] = {}
+    for i, p in enumerate(planned):
+        key = p.request.key
+        if key is not None and first.setdefault(key, i) != i:
+            raise errors.InvalidRequest(
+                f"jobs[{i}] has the key of jobs[{first[key]}]; one request per key.",
+                [errors.FieldError(prefix(i) + "key", f"the same as jobs[{first[key]}]")])
+
+
+@contextlib.contextmanager
+def _key_conflict() -> Iterator[None]:
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        if submit.is_key_taken(exc):
+            raise KeyTaken(exc.detail or "") from exc
+        raise
+
+
+class KeyTaken(errors.Conflict):
+    """Another submission wrote a job with this key after we looked: ask again to get it."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("A job with this key was submitted at the same moment by another "
+                         f"request; submit again to get it ({detail}).")
 
 
 @contextlib.contextmanager
@@ -54,7 +98,8 @@ def _queueing_lock_conflict() -> Iterator[None]:
 async def submit_job(
     backend: Backend, request: requests.JobRequest, idempotency_key: str | None = None
 ) -> tuple[dict[str, Any], bool]:
-    """Accept one job; returns the job and whether it was created now (False: a replay)."""
+    """Accept one job; returns the job and whether it was created now (False: a replay of
+    the Idempotency-Key, or its key names an existing job)."""
     planned = requests.plan(request)
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= 255:
@@ -62,18 +107,40 @@ async def submit_job(
         existing = await _replayed(backend, idempotency_key, planned.fingerprint)
         if existing is not None:
             return existing, False
+    key = planned.request.key
+    if key is not None and (holder := await _by_key(backend, key)) is not None:
+        return holder, False
     try:
         async with backend.connection() as conn:
             with _queueing_lock_conflict():
                 [job] = await submit.write(conn, [planned], idempotency_key, overview=True)
     except asyncpg.UniqueViolationError as exc:
-        # Another request with the same key won the race: answer as its replay.
+        # Another request with the same Idempotency-Key or key won the race: answer with its
+        # job, as a replay.
+        if key is not None and submit.is_key_taken(exc):
+            holder = await _by_key(backend, key)
+            if holder is not None:
+                return holder, False
         if idempotency_key is None or exc.constraint_name != "uq_jobs_idempotency_key":
             raise
         existing = await _replayed(backend, idempotency_key, planned.fingerprint)
         assert existing is not None
         return existing, False
     return job, True
+
+
+async def _by_key(backend: Backend, key: str) -> dict[str, Any] | None:
+    async with backend.connection() as conn:
+        row = await conn.fetchrow("SELECT * FROM job_overview WHERE key = $1", key)
+    return None if row is None else dict(row)
+
+
+async def get_job_by_key(backend: Backend, key: str) -> dict[str, Any]:
+    """The job that holds `key`, or NotFound."""
+    job = await _by_key(backend, key)
+    if job is None:
+        raise errors.NotFound(f"No job with key {key!r}.")
+    return job
 
 
 async def _replayed(backend: Backend, key: str, fingerprint: str) -> dict[str, Any] | None:
@@ -92,17 +159,21 @@ async def _replayed(backend: Backend, key: str, fingerprint: str) -> dict[str, A
 
 
 async def submit_batch(backend: Backend, jobs: list[requests.JobRequest]) -> list[uuid.UUID]:
-    """Accept up to MAX_BATCH jobs, all or nothing."""
+    """Accept up to MAX_BATCH jobs, all or nothing (a request whose key names an existing job
+    gets that job's id)."""
     if not 1 <= len(jobs) <= MAX_BATCH:
         raise errors.InvalidRequest(
             f"A batch holds 1 to {MAX_BATCH} jobs; this one has {len(jobs)}.",
             [errors.FieldError("jobs", f"must hold 1 to {MAX_BATCH} jobs")],
         )
-    planned = [requests.plan(r, prefix=f"jobs[{i}].") for i, r in enumerate(jobs)]
-    async with backend.connection() as conn:
-        with _queueing_lock_conflict():
-            await submit.write(conn, planned)
-    return [p.id for p in planned]
+    if not any(r.key for r in jobs):  # one statement, no transaction to open
+        planned = [requests.plan(r, prefix=f"jobs[{i}].") for i, r in enumerate(jobs)]
+        async with backend.connection() as conn:
+            with _queueing_lock_conflict():
+                await submit.write(conn, planned)
+        return [p.id for p in planned]
+    async with backend.transaction() as conn:
+        return [job_id for job_id, _ in await enqueue_keyed(conn, jobs, batch=True)]
 
 
 async def get_job(backend: Backend, job_id: uuid.UUID) -> dict[str, Any]:
@@ -117,6 +188,7 @@ async def get_job(backend: Backend, job_id: uuid.UUID) -> dict[str, Any]:
 class JobFilter:
     status: Status | None = None
     type: str | None = None
+    key: str | None = None
     queue: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
@@ -159,11 +231,13 @@ async def list_jobs(
           AND ($4::timestamptz IS NULL OR created_at > $4)
           AND ($5::timestamptz IS NULL OR created_at < $5)
           AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid))
+          AND ($9::text IS NULL OR key = $9)
         ORDER BY created_at DESC, id DESC
         LIMIT $8
         """,
         filters.status.value if filters.status else None, filters.type, filters.queue,
         filters.created_after, filters.created_before, after[0], after[1], limit + 1,
+        filters.key,
     )
     items = rows[:limit]
     return items, encode_cursor(items[-1]) if len(rows) > limit else None

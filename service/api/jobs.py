@@ -62,15 +62,20 @@ class JobsController(Controller):
         created_before: FromQuery[datetime | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=jobs.MAX_LIST_LIMIT)] = 50,
         cursor: FromQuery[str | None] = None,
+        key: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         items, next_cursor = await jobs.list_jobs(
             backend,
-            jobs.JobFilter(status=status, type=job_type, queue=queue,
+            jobs.JobFilter(status=status, type=job_type, queue=queue, key=key,
                            created_after=created_after, created_before=created_before),
             limit=limit,
             cursor=cursor,
         )
         return {"items": [schemas.job_json(r) for r in items], "next_cursor": next_cursor}
+
+    @get("/by-key/{key:str}", summary="Get the job that holds a client-chosen key")
+    async def get_by_key(self, backend: NamedDependency[Backend], key: FromPath[str]) -> dict:
+        return schemas.job_json(await jobs.get_job_by_key(backend, key))
 
     @get("/{job_id:str}", summary="Get a job")
     async def get_job(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:

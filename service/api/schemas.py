@@ -62,6 +62,7 @@ def job_json(row: dict[str, Any]) -> dict[str, Any]:
         "queue": row["queue"],
         "status": row["status"],
         "priority": row["priority"],
+        "key": row["key"],
         "progress": row["progress"],
         "stage": row["stage"],
         "progress_message": row["progress_message"],

@@ -76,9 +76,12 @@ class Job(Base):
     """Attempts allowed in the current budget; a manual retry starts a fresh budget."""
     timeout_seconds: Mapped[float] = mapped_column(Double)
     backoff: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
-    """Per-job backoff {base_seconds, cap_seconds, jitter}; null: the job type's policy."""
+    """Per-job backoff {kind, base_seconds, cap_seconds, jitter, delays}, the fields given;
+    null: the job type's policy."""
     callback_url: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    """The client's own id for the job (BullMQ's jobId), unique while the job exists."""
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     """SHA-256 of the submitted request, to tell a replay from a different request with the key."""
     progress: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))

@@ -12,7 +12,7 @@ from service.db import engine as db_engine
 from service.domain.requests import Planned
 
 _SUBMIT = ("SELECT * FROM jobq_submit_jobs("
-           "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)")
+           "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)")
 
 QUEUEING_LOCK_CONSTRAINT = manager.QUEUEING_LOCK_CONSTRAINT
 """The unique index a second queued job with the same `queueing_lock` runs into."""
@@ -40,12 +40,24 @@ async def write(conn: asyncpg.Connection, planned: list[Planned], key: str | Non
         [None if r.backoff is None else db_engine.dumps(r.backoff) for r in requests],
         [r.lock for r in requests],
         [r.queueing_lock for r in requests],
+        [r.key for r in requests],
         overview,
     )
     if not overview:
         return []
     by_id = {r["id"]: dict(r) for r in rows}
     return [by_id[p.id] for p in planned]
+
+
+async def existing_keys(conn: asyncpg.Connection, keys: list[str]) -> dict[str, Any]:
+    """The jobs that hold any of `keys`, by key."""
+    rows = await conn.fetch("SELECT key, id FROM jobs WHERE key = ANY ($1::text[])", keys)
+    return {r["key"]: r["id"] for r in rows}
+
+
+def is_key_taken(exc: BaseException) -> bool:
+    """Whether `exc` says a job with the same key was written meanwhile."""
+    return isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == "uq_jobs_key"
 
 
 def is_queueing_lock_taken(exc: BaseException) -> bool:
