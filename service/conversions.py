@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -12,7 +13,7 @@ import msgspec
 
 from service import errors, jobs
 from service.backend import Backend
-from service.domain import formats, jobtypes
+from service.domain import formats, jobtypes, requests
 from service.storage import FileInfo, PostgresFileStore
 
 
@@ -61,8 +62,12 @@ async def submit_conversion(
     max_upload_bytes: int,
     reuse: bool = True,
     timeout_seconds: float | None = None,
-) -> dict[str, Any]:
-    """Store the uploaded files and queue their conversion, in one transaction."""
+    job: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Store the uploaded files and queue their conversion, in one transaction. `job`: the
+    common job options (priority, max_attempts, delay_seconds, run_at, key, callback_url,
+    queue, backoff), checked like those of POST /api/v1/jobs. Returns the job and whether it
+    was created now (False: its key names an existing job, which is returned untouched)."""
     if not uploads:
         raise errors.InvalidRequest(
             "Attach the mesh as a multipart part named `file` (several for OBJ+MTL or "
@@ -71,23 +76,93 @@ async def submit_conversion(
     names = [formats.safe_name(u.name) for u in uploads]
     formats.pick_main(names)  # fails now, with a 4xx, if nothing here is a supported mesh
     request = jobs.JobRequest(
-        type=jobtypes.MESH_CONVERT.name,
+        type=jobtypes.get("mesh.convert").name,
         payload={"format": target, "options": options, "reuse": reuse},
-        timeout_seconds=timeout_seconds)
+        timeout_seconds=timeout_seconds, **(job or {}))
     store = PostgresFileStore(backend)
     async with backend.transaction() as conn:
-        [job_id] = await jobs.enqueue(conn, [request], with_files=True)
-        remaining = max_upload_bytes
-        for position, (upload, name) in enumerate(zip(uploads, names, strict=True)):
-            stored = await store.save(conn, upload.chunks, name, upload.content_type,
-                                      max_size=remaining)
-            if stored.size == 0:
-                raise errors.InvalidRequest(
-                    f"The file {name!r} is empty; upload the mesh's content.",
-                    [errors.FieldError("file", "empty")])
-            remaining -= stored.size
-            await link(conn, job_id, "input", position, stored.id)
-    return await jobs.get_job(backend, job_id)
+        [(job_id, created)] = await jobs.enqueue_keyed(conn, [request], with_files=True)
+        if created:
+            await _store(conn, store, job_id, uploads, names, max_upload_bytes)
+    return await jobs.get_job(backend, job_id), created
+
+
+async def _store(conn: asyncpg.Connection, store: PostgresFileStore, job_id: uuid.UUID,
+                 uploads: list[Upload], names: list[str], max_upload_bytes: int) -> None:
+    remaining = max_upload_bytes
+    for position, (upload, name) in enumerate(zip(uploads, names, strict=True)):
+        stored = await store.save(conn, upload.chunks, name, upload.content_type,
+                                  max_size=remaining)
+        if stored.size == 0:
+            raise errors.InvalidRequest(
+                f"The file {name!r} is empty; upload the mesh's content.",
+                [errors.FieldError("file", "empty")])
+        remaining -= stored.size
+        await link(conn, job_id, "input", position, stored.id)
+
+
+def _number(raw: str, field: str, kind: type) -> Any:
+    try:
+        return kind(raw)
+    except ValueError:
+        word = "a whole number" if kind is int else "a number"
+        raise errors.InvalidRequest(f"{field} must be {word}, got {raw!r}.",
+                                    [errors.FieldError(field, f"not {word}")]) from None
+
+
+JOB_FIELDS: dict[str, Any] = {
+    "priority": int, "max_attempts": int, "delay_seconds": float, "run_at": str, "key": str,
+    "callback_url": str, "queue": str, "backoff": dict,
+}
+"""The common job options a conversion form may carry, with their types."""
+
+
+def job_options(fields: dict[str, str]) -> dict[str, Any]:
+    """The common job options among a conversion form's fields (as their JobRequest types).
+    Checked again with the rest of the request (requests.plan), which names a bad value."""
+    chosen: dict[str, Any] = {}
+    for name, kind in JOB_FIELDS.items():
+        raw = fields.get(name)
+        if raw is None or raw.strip() == "":
+            continue
+        if kind in (int, float):
+            chosen[name] = _number(raw, name, kind)
+        elif kind is dict:
+            chosen[name] = _backoff(raw)
+        elif name == "run_at":
+            chosen[name] = _time(raw)
+        else:
+            chosen[name] = raw
+    return chosen
+
+
+def _backoff(raw: str) -> Any:
+    try:
+        return msgspec.json.decode(raw, type=requests.Backoff, strict=True)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise errors.InvalidRequest(
+            f"backoff must be a JSON object like {{\"kind\": \"fixed\", \"base_seconds\": 5}}: "
+            f"{exc}", [errors.FieldError("backoff", str(exc))]) from None
+
+
+def _time(raw: str) -> datetime:
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise errors.InvalidRequest(
+            f"run_at must be an RFC 3339 time like 2026-01-01T12:00:00Z, got {raw!r}.",
+            [errors.FieldError("run_at", "not an RFC 3339 time")]) from None
+
+
+def check_fields(fields: dict[str, str], known: set[str]) -> None:
+    """InvalidRequest naming every form field that is not one of `known`: nothing a client
+    sends is silently ignored."""
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise errors.InvalidRequest(
+            f"Unknown form field(s): {', '.join(unknown)}. Accepted: "
+            f"{', '.join(sorted(known))}.",
+            [errors.FieldError(name, "unknown field") for name in unknown])
 
 
 async def link(conn: asyncpg.Connection, job_id: uuid.UUID, role: str, position: int,

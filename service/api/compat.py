@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
@@ -20,7 +21,7 @@ from service import conversions, errors, jobs, queues
 from service.api import conversions as conversion_routes
 from service.api import schemas
 from service.backend import Backend
-from service.domain import jobtypes
+from service.domain import jobtypes, requests
 from service.settings import Settings
 
 V2 = "/api/v2"
@@ -51,16 +52,73 @@ def _v2_errors(exc: Exception) -> Response:
     return _error(HTTP_400_BAD_REQUEST, str(exc))
 
 
+V2_FIELDS = {"format", "priority", "attempts", "delay", "jobId", "backoff"}
+"""What a BullMQ-era client may send with its file: the target and BullMQ's job options."""
+
+
+def v2_job_options(fields: dict[str, str]) -> dict[str, Any]:
+    """BullMQ's job options, in BullMQ's words and units, as jobq's request fields:
+    `priority` 1 (first) to 2,097,152 (last), none first of all, as BullMQ orders them;
+    `attempts` runs in all; `delay` and `backoff.delay` in milliseconds; `jobId` the key."""
+    conversions.check_fields(fields, V2_FIELDS)
+    options: dict[str, Any] = {}
+    if (raw := fields.get("priority", "").strip()) and (priority := _whole(raw, "priority")):
+        if not 0 <= priority <= 2**21:
+            raise errors.InvalidRequest("priority must be between 0 and 2097152.",
+                                        [errors.FieldError("priority", "out of range")])
+        # BullMQ runs jobs without priority first, then 1, 2, ...: ours runs higher first.
+        options["priority"] = -min(priority, 1000)
+    if raw := fields.get("attempts", "").strip():
+        options["max_attempts"] = _whole(raw, "attempts")
+    if raw := fields.get("delay", "").strip():
+        options["delay_seconds"] = _whole(raw, "delay") / 1000
+    if raw := fields.get("jobId", "").strip():
+        options["key"] = raw
+    if raw := fields.get("backoff", "").strip():
+        options["backoff"] = _v2_backoff(raw)
+    return options
+
+
+def _whole(raw: str, field: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise errors.InvalidRequest(f"{field} must be a whole number, got {raw!r}.",
+                                    [errors.FieldError(field, "not a whole number")]) from None
+
+
+def _v2_backoff(raw: str) -> requests.Backoff:
+    """BullMQ's backoff: a number of milliseconds (fixed), or {"type": "fixed" |
+    "exponential", "delay": ms}."""
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        value = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return requests.Backoff(kind="fixed", base_seconds=value / 1000, jitter=0)
+    if (isinstance(value, dict) and value.get("type") in ("fixed", "exponential")
+            and set(value) <= {"type", "delay"}
+            and isinstance(value.get("delay", 0), int | float)):
+        return requests.Backoff(kind=value["type"], base_seconds=value.get("delay", 0) / 1000,
+                                jitter=0)
+    raise errors.InvalidRequest(
+        'backoff must be milliseconds or {"type": "fixed" or "exponential", "delay": ms}, '
+        f"got {raw!r}.", [errors.FieldError("backoff", "not a BullMQ backoff")])
+
+
 @post(f"{V2}/convert", status_code=HTTP_200_OK, tags=["v2 (BullMQ-era)"],
-      summary="Upload a mesh (multipart: file, format = glb)", request_max_body_size=None,
+      summary="Upload a mesh (multipart: file, format = glb; BullMQ's priority, attempts, "
+      "delay, jobId, backoff)", request_max_body_size=None,
       exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)})
 async def convert(
     request: Request, backend: NamedDependency[Backend], settings: NamedDependency[Settings]
 ) -> dict[str, str]:
     conversion_routes.check_length(request, settings)
     uploads, fields = await conversion_routes.read_form(request, settings)
-    job = await conversions.submit_conversion(
-        backend, uploads, fields.get("format") or "glb", {}, settings.max_upload_bytes)
+    options = v2_job_options(fields)
+    job, _ = await conversions.submit_conversion(
+        backend, uploads, fields.get("format") or "glb", {}, settings.max_upload_bytes,
+        job=options)
     job_id = str(job["id"])
     return {"message": "Conversion job submitted", "jobId": job_id,
             "statusUrl": f"{V2}/status/{job_id}"}
@@ -89,7 +147,7 @@ async def status(backend: NamedDependency[Backend], job_id: FromPath[str]) -> di
 async def stats(backend: NamedDependency[Backend]) -> dict[str, int]:
     counts = {"waiting": 0, "active": 0, "completed": 0, "failed": 0, "delayed": 0}
     for queue in await queues.queue_stats(backend):
-        if queue["name"] != jobtypes.MESH_CONVERT.queue:
+        if queue["name"] != jobtypes.get("mesh.convert").queue:
             continue
         for ours, n in queue["counts"].items():
             counts[BULLMQ_STATUS[ours]] += n

@@ -10,7 +10,7 @@ from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import Stream
-from litestar.status_codes import HTTP_201_CREATED
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service import conversions, errors
 from service.api import schemas
@@ -36,6 +36,8 @@ async def read_form(request: Request, settings: Settings) -> tuple[list[conversi
             if key == "file":
                 uploads.append(conversions.Upload(value.filename or "", value.content_type
                                                   or "application/octet-stream", _chunks(value)))
+            else:  # a file under another name: reported as an unknown field, never dropped
+                fields[key] = f"(a file: {value.filename})"
         else:
             fields[key] = str(value)
     return uploads, fields
@@ -50,25 +52,39 @@ def upload_limit(settings: Settings) -> int:
     return settings.max_upload_bytes + FORM_OVERHEAD
 
 
+FORM_FIELDS = {"format", "options", "reuse", "timeout_seconds", *conversions.JOB_FIELDS}
+"""Every form field /api/v1/conversions reads besides `file`; any other is a 422."""
+
+
 @post(f"{schemas.API}/conversions", status_code=HTTP_201_CREATED, tags=["conversions"],
       summary="Upload a mesh and convert it in the background",
       description="multipart/form-data: `file` (one or more parts: the mesh with its .mtl, .bin "
       "or textures, or one .zip), `format` (target), optional `options` (JSON object), "
       "`reuse` (false to convert again even if the same input was converted before), "
-      "`timeout_seconds`.",
+      "`timeout_seconds`, and the common job options `priority`, `max_attempts`, "
+      "`delay_seconds` or `run_at`, `key`, `callback_url`, `queue`, `backoff` (JSON object). "
+      "Any other field is a 422 naming it. 201 with the job; 200 with the existing job when "
+      "`key` names one.",
       request_max_body_size=None)
 async def create_conversion(
     request: Request, backend: NamedDependency[Backend], settings: NamedDependency[Settings]
 ) -> Response[dict[str, Any]]:
     check_length(request, settings)
     uploads, fields = await read_form(request, settings)
-    job = await conversions.submit_conversion(
+    conversions.check_fields(fields, FORM_FIELDS)
+    reuse = fields.get("reuse", "true").strip().lower()
+    if reuse not in ("true", "false"):
+        raise errors.InvalidRequest(f"reuse must be true or false, got {reuse!r}.",
+                                    [errors.FieldError("reuse", "not true or false")])
+    job, created = await conversions.submit_conversion(
         backend, uploads, fields.get("format"), conversions.parse_options(fields.get("options")),
-        settings.max_upload_bytes, reuse=fields.get("reuse", "true").lower() != "false",
+        settings.max_upload_bytes, reuse=reuse == "true",
         timeout_seconds=conversions.parse_seconds(fields.get("timeout_seconds"),
-                                                  "timeout_seconds"))
+                                                  "timeout_seconds"),
+        job=conversions.job_options(fields))
     body = schemas.job_json(job)
-    return Response(body, status_code=HTTP_201_CREATED, headers={"Location": body["links"]["self"]})
+    return Response(body, status_code=HTTP_201_CREATED if created else HTTP_200_OK,
+                    headers={"Location": body["links"]["self"]})
 
 
 def check_length(request: Request, settings: Settings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 from pathlib import Path
 
 import httpx
@@ -221,3 +222,68 @@ async def test_v2_gives_a_glb_for_every_loadable_model_and_a_reason_for_broken_o
         glb = (await client.get(state["downloadUrl"])).content
         back = trimesh.load(io.BytesIO(glb), file_type="glb")
         assert len(back.geometry) >= 1 and back.bounds is not None, name
+
+
+# -- the common job options: taken, or a 4xx naming the field ----------------------------------
+
+
+async def test_conversions_take_the_common_job_options(client, backend):
+    response = await upload(client, "cube.OBJ", priority="7", max_attempts="5",
+                            delay_seconds="60", key="cube-1",
+                            callback_url="https://example.test/done",
+                            backoff='{"kind": "fixed", "base_seconds": 3}')
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert (job["priority"], job["max_attempts"], job["status"], job["key"]) == (
+        7, 5, "scheduled", "cube-1")
+    async with backend.connection() as conn:
+        row = await conn.fetchrow("SELECT callback_url, backoff FROM jobs WHERE id = $1",
+                                  uuid.UUID(job["id"]))
+    assert row["callback_url"] == "https://example.test/done"
+    assert row["backoff"] == {"kind": "fixed", "base_seconds": 3}
+    again = await upload(client, "Duck.glb", key="cube-1")
+    assert (again.status_code, again.json()["id"]) == (200, job["id"])
+    async with backend.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM files") == 1, "nothing stored twice"
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"attempts": "3"}, "attempts"),
+    ({"priority": "high"}, "priority"),
+    ({"priority": "5000"}, "priority"),
+    ({"max_attempts": "0"}, "max_attempts"),
+    ({"delay_seconds": "soon"}, "delay_seconds"),
+    ({"callback_url": "ftp://x"}, "callback_url"),
+    ({"backoff": '{"kind": "linear"}'}, "backoff.kind"),
+    ({"reuse": "maybe"}, "reuse"),
+])
+async def test_conversion_options_that_cannot_be_used_are_a_422_naming_them(client, fields,
+                                                                             field):
+    response = await upload(client, "cube.OBJ", **fields)
+    assert response.status_code == 422, response.text
+    assert field in [e["field"] for e in response.json()["errors"]]
+
+
+async def test_v2_takes_bullmqs_job_options(client):
+    response = await client.post("/api/v2/convert", files=parts("cube.OBJ"), data={
+        "format": "stl", "priority": "3", "attempts": "4", "delay": "1500",
+        "jobId": "legacy-7", "backoff": '{"type": "exponential", "delay": 2000}'})
+    assert response.status_code == 200, response.text
+    job = (await client.get(f"/api/v1/jobs/{response.json()['jobId']}")).json()
+    assert (job["priority"], job["max_attempts"], job["key"], job["status"]) == (
+        -3, 4, "legacy-7", "scheduled")
+    assert job["payload"]["format"] == "stl"
+    again = await client.post("/api/v2/convert", files=parts("cube.OBJ"),
+                              data={"jobId": "legacy-7"})
+    assert again.json()["jobId"] == job["id"]
+
+
+@pytest.mark.parametrize(("fields", "says"), [
+    ({"removeOnComplete": "true"}, "removeOnComplete"),
+    ({"attempts": "two"}, "attempts"),
+    ({"backoff": '{"type": "linear"}'}, "backoff"),
+])
+async def test_v2_refuses_what_it_cannot_honour_in_its_own_error_shape(client, fields, says):
+    response = await client.post("/api/v2/convert", files=parts("cube.OBJ"), data=fields)
+    assert response.status_code == 400
+    assert says in response.json()["error"]
