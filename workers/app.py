@@ -20,7 +20,7 @@ def check_implementations() -> None:
     """Import the code of every declared job type now, so that a worker that could not run
     one of them stops at start (DeclarationError, one line) instead of failing its jobs."""
     for job_type in jobtypes.REGISTRY:
-        declared.resolve(job_type)
+        jobtypes.resolve(job_type)
 
 
 def preload() -> tuple[str, ...]:

@@ -401,6 +401,57 @@ def load(spec: str) -> list[str]:
     return modules
 
 
+# -- the code ----------------------------------------------------------------------------------
+# Used by workers (workers/tasks/declared.py) and jobq.testing; never by the API.
+
+
+def resolve(job_type: JobType) -> Callable[..., Any]:
+    """The function that runs `job_type`, imported if the declaration names it; a
+    DeclarationError says what is wrong in one line."""
+    if job_type.function is not None:
+        func = job_type.function
+    else:
+        assert job_type.implementation
+        try:
+            func = import_code(job_type.implementation)
+        except (ImportError, AttributeError) as exc:
+            raise DeclarationError(
+                f"job type {job_type.name!r}: its implementation {job_type.implementation} "
+                f"cannot be imported ({type(exc).__name__}: {exc})") from None
+    wants_async = job_type.runs_in == "async"
+    if not callable(func) or inspect.iscoroutinefunction(func) != wants_async:
+        kind = "an async function" if wants_async else "a plain (sync) function"
+        raise DeclarationError(
+            f"job type {job_type.name!r}: runs_in={job_type.runs_in!r} needs {kind}; "
+            f"{job_type.implementation or job_type.origin} is not one")
+    return func
+
+
+def import_code(path: str) -> Callable[..., Any]:
+    """`pkg.module:name.attr`; a jobq task found there stands for its function."""
+    module_name, _, qualname = path.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target.func if isinstance(target, Task) and target.func else target
+
+
+def takes_context(job_type: JobType, func: Callable[..., Any]) -> bool:
+    """Whether `func` takes the context first: its first parameter is one (by name or type),
+    or, taking the payload as one Struct, it has two parameters."""
+    if context_parameter(func) is not None:
+        return True
+    return not job_type.payload_as_fields and len(inspect.signature(func).parameters) >= 2
+
+
+def arguments(job_type: JobType, payload: msgspec.Struct
+               ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if job_type.payload_as_fields:
+        return (), {f: getattr(payload, f) for f in payload.__struct_fields__}
+    return (payload,), {}
+
+
+
 def __getattr__(name: str) -> Any:
     # jobq's own declarations under the names this module gave them before they moved to
     # service/domain/builtin.py.

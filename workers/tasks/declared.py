@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import importlib
-import inspect
 import time
 import uuid
 from collections.abc import Callable
@@ -31,52 +29,6 @@ from service.domain import jobtypes
 from workers import sandbox
 from workers.outcomes import Handler
 from workers.progress import JobRun
-
-
-def resolve(job_type: jobtypes.JobType) -> Callable[..., Any]:
-    """The function that runs `job_type`, imported if the declaration names it; a
-    DeclarationError says what is wrong in one line."""
-    if job_type.function is not None:
-        func = job_type.function
-    else:
-        assert job_type.implementation
-        try:
-            func = _import(job_type.implementation)
-        except (ImportError, AttributeError) as exc:
-            raise jobtypes.DeclarationError(
-                f"job type {job_type.name!r}: its implementation {job_type.implementation} "
-                f"cannot be imported ({type(exc).__name__}: {exc})") from None
-    wants_async = job_type.runs_in == "async"
-    if not callable(func) or inspect.iscoroutinefunction(func) != wants_async:
-        kind = "an async function" if wants_async else "a plain (sync) function"
-        raise jobtypes.DeclarationError(
-            f"job type {job_type.name!r}: runs_in={job_type.runs_in!r} needs {kind}; "
-            f"{job_type.implementation or job_type.origin} is not one")
-    return func
-
-
-def _import(path: str) -> Callable[..., Any]:
-    """`pkg.module:name.attr`; a jobq task found there stands for its function."""
-    module_name, _, qualname = path.partition(":")
-    target: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        target = getattr(target, part)
-    return target.func if isinstance(target, jobtypes.Task) and target.func else target
-
-
-def _takes_context(job_type: jobtypes.JobType, func: Callable[..., Any]) -> bool:
-    """Whether `func` takes the context first: its first parameter is one (by name or type),
-    or, taking the payload as one Struct, it has two parameters."""
-    if jobtypes.context_parameter(func) is not None:
-        return True
-    return not job_type.payload_as_fields and len(inspect.signature(func).parameters) >= 2
-
-
-def _arguments(job_type: jobtypes.JobType, payload: msgspec.Struct
-               ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if job_type.payload_as_fields:
-        return (), {f: getattr(payload, f) for f in payload.__struct_fields__}
-    return (payload,), {}
 
 
 class Threads:
@@ -96,13 +48,13 @@ class Threads:
 
 def make_handler(job_type: jobtypes.JobType, pool: sandbox.Sandbox, threads: Threads) -> Handler:
     """The worker's handler for `job_type`: its code, run where its declaration says."""
-    func = resolve(job_type)
-    with_context = _takes_context(job_type, func)
+    func = jobtypes.resolve(job_type)
+    with_context = jobtypes.takes_context(job_type, func)
 
     if job_type.runs_in == "async":
         async def run_async(run: JobRun, payload: msgspec.Struct) -> Any:
             run.sandbox = pool
-            args, kwargs = _arguments(job_type, payload)
+            args, kwargs = jobtypes.arguments(job_type, payload)
             return await func(*((run,) if with_context else ()), *args, **kwargs)
         return run_async
 
@@ -110,7 +62,7 @@ def make_handler(job_type: jobtypes.JobType, pool: sandbox.Sandbox, threads: Thr
         async def run_in_thread(run: JobRun, payload: msgspec.Struct) -> Any:
             loop = asyncio.get_running_loop()
             ctx = ThreadContext(run, loop)
-            args, kwargs = _arguments(job_type, payload)
+            args, kwargs = jobtypes.arguments(job_type, payload)
             call = functools.partial(func, *((ctx,) if with_context else ()), *args, **kwargs)
             try:
                 return await loop.run_in_executor(threads.executor, call)
@@ -120,7 +72,7 @@ def make_handler(job_type: jobtypes.JobType, pool: sandbox.Sandbox, threads: Thr
 
     target = f"{func.__module__}:{func.__qualname__}"
     try:
-        found = _import(target)
+        found = jobtypes.import_code(target)
     except (ImportError, AttributeError):
         found = None
     if found is not func:  # the child process finds the function by its name
@@ -129,7 +81,7 @@ def make_handler(job_type: jobtypes.JobType, pool: sandbox.Sandbox, threads: Thr
             f"level, which a child process can import by name; {target} is not one")
 
     async def run_in_process(run: JobRun, payload: msgspec.Struct) -> Any:
-        args, kwargs = _arguments(job_type, payload)
+        args, kwargs = jobtypes.arguments(job_type, payload)
         info = ChildInfo(run.job_id, run.attempt, run.timeout)
 
         async def relay(percent: int, stage: str | None = None,
@@ -195,6 +147,6 @@ class ChildContext:
 def call_in_child(target: str, with_context: bool, info: ChildInfo, args: tuple,
                   kwargs: dict[str, Any], progress: Callable[..., None]) -> Any:
     """In the child process: import the job's function by name and run it."""
-    func = _import(target)
+    func = jobtypes.import_code(target)
     context = (ChildContext(info, progress),) if with_context else ()
     return func(*context, *args, **kwargs)
