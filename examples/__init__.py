@@ -1,0 +1,1 @@
+"""A small project declaring its own jobq job types (see examples/README.md)."""
