@@ -188,5 +188,5 @@ def _from_retry_strategy(strategy: Any) -> RetryPolicy:
     if strategy.exponential_wait:
         backoff = exponential(base=float(strategy.exponential_wait), jitter=0.0)
     else:
-        backoff = fixed(float(strategy.wait or 0) or 1.0)
+        backoff = fixed(float(strategy.wait or 0))
     return RetryPolicy(max_attempts=attempts, backoff=backoff)

@@ -523,3 +523,60 @@ async def test_abort_request_reaches_the_listener(backend: Backend):
         notification = await next_notification(received)
 
     assert notification == {"type": "abort_job_requested", "job_id": job.id}
+
+
+# -- a Procrastinate project's own task, declared in user code, run by `jobq worker --app` -----
+
+
+async def test_a_user_task_deferred_in_a_committed_transaction_runs_on_a_jobq_worker(
+    backend: Backend, client, start_worker
+):
+    from tests.userapp import procrastinate_tasks as user
+
+    async with backend.transaction() as conn:
+        await user.greet.configure(connection=conn).defer_async(name="Ada")
+        await user.tally.configure(connection=conn).defer_async(numbers=[1, 2, 3])
+        assert await count_jobs(backend) == (0, 0), "visible outside before COMMIT"
+    start_worker("--app", "tests.userapp.procrastinate_tasks")
+
+    async def both_done() -> list | None:
+        items = (await client.get("/api/v1/jobs?queue=greetings")).json()["items"]
+        done = [j for j in items if j["status"] in ("succeeded", "failed")]
+        return done if len(done) == 2 else None
+
+    jobs_ = {j["type"]: j for j in await wait_until(both_done, timeout=30)}
+    assert jobs_["userapp.greet"]["result"] == {"greeting": "Hello, Ada!"}
+    assert jobs_["userapp.greet"]["max_attempts"] == 3  # retry=2: two retries
+    assert jobs_["userapp.tally"]["result"] == {"total": 6, "attempt": 1}
+
+
+async def test_a_user_task_deferred_in_a_rolled_back_transaction_never_runs(
+    backend: Backend, client, start_worker
+):
+    from tests.userapp import procrastinate_tasks as user
+
+    start_worker("--app", "tests.userapp.procrastinate_tasks")
+    with pytest.raises(Rollback):
+        async with backend.transaction() as conn:
+            await user.greet.configure(connection=conn).defer_async(name="Nobody")
+            raise Rollback
+    async with backend.transaction() as conn:
+        await user.greet.configure(connection=conn).defer_async(name="Witness")
+
+    async def witness_done() -> list | None:
+        items = (await client.get("/api/v1/jobs?queue=greetings")).json()["items"]
+        return items if items and items[0]["status"] == "succeeded" else None
+
+    items = await wait_until(witness_done, timeout=30)
+    # The worker was there and ran the committed one; the rolled-back one never existed.
+    assert [j["payload"]["name"] for j in items] == ["Witness"]
+    assert await count_jobs(backend) == (1, 1)
+
+
+async def test_a_user_task_refuses_a_payload_its_signature_does_not_take(backend: Backend):
+    from tests.userapp import procrastinate_tasks as user
+
+    with pytest.raises(errors.InvalidRequest) as caught:
+        async with backend.transaction() as conn:
+            await user.greet.configure(connection=conn).defer_async(nam="typo")
+    assert "payload" in str(caught.value)
