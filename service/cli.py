@@ -77,9 +77,9 @@ def up(name: str | None, **flags: Any) -> None:
 
     With DATABASE_URL, an empty or older database is migrated first."""
     settings = _settings(flags)
-    _load_job_types(settings, "up", runs_them=True)
     if not settings.database_url:
         _require_embedded_postgres()
+    _load_job_types(settings, "up", runs_them=True)
     _exit_on_start_error("up", lambda: uvloop.run(_up(settings, name)))
 
 
@@ -89,9 +89,9 @@ def up(name: str | None, **flags: Any) -> None:
 def serve(**flags: Any) -> None:
     """Run the HTTP API against DATABASE_URL."""
     settings = _settings(flags, needs_database="serve")
-    _load_job_types(settings, "serve", runs_them=False)
     assert settings.database_url
     _require_current_schema(settings.database_url, "serve")
+    _load_job_types(settings, "serve", runs_them=False)
     uvloop.run(_serve(settings))
 
 
@@ -102,9 +102,9 @@ def serve(**flags: Any) -> None:
 def worker(name: str | None, **flags: Any) -> None:
     """Run a worker against DATABASE_URL."""
     settings = _settings(flags, needs_database="worker")
-    _load_job_types(settings, "worker", runs_them=True)
     assert settings.database_url
     _require_current_schema(settings.database_url, "worker")
+    _load_job_types(settings, "worker", runs_them=True)
     uvloop.run(_work(settings, name))
 
 
@@ -165,7 +165,6 @@ def _load_job_types(settings: Settings, command: str, runs_them: bool) -> None:
             check_implementations()
     except jobtypes.DeclarationError as exc:
         sys.exit(f"jobq {command}: {exc}")
-    logger.info("job types: %s", ", ".join(jobtypes.REGISTRY.names()))
 
 
 def main(argv: list[str] | None = None) -> None:

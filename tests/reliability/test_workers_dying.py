@@ -111,7 +111,10 @@ async def test_second_signal_stops_at_once_and_requeues(client, start_worker):
 
 async def test_timeout_is_enforced_on_a_job_that_ignores_cancellation(client, start_worker):
     start_worker()
-    deaf = await submit(client, {"seconds": 60, "ignore_cancel": True}, timeout_seconds=0.5)
+    # One attempt: a timeout is retried like any failure, and each attempt of a job deaf to
+    # its cancellation costs the timeout plus the 5 s it is given to end.
+    deaf = await submit(client, {"seconds": 60, "ignore_cancel": True}, timeout_seconds=0.5,
+                        max_attempts=1)
     failed = await eventually(status_is(client, deaf["id"], "failed"), timeout=15)
     assert failed["error"]["type"] == "JobTimeout"
     assert failed["attempts"] == 1
