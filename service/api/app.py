@@ -8,7 +8,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from service.api import compat, ops
+from service.api import compat, dashboard, ops
 from service.api import conversions as conversion_routes
 from service.api import errors as api_errors
 from service.api import jobs as job_routes
@@ -44,6 +44,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
             conversion_routes.list_formats,
             conversion_routes.job_output,
             *compat.ROUTES,
+            *dashboard.ROUTES,
         ],
         dependencies={
             "backend": Provide(provide_backend, sync_to_thread=False),
