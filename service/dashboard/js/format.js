@@ -29,7 +29,10 @@ export function ago(iso) {
 /** A <time> with the local date and time to the millisecond, for ordering events. */
 export function clock(iso) {
   const at = new Date(iso);
-  const text = `${at.toLocaleDateString()} ${at.toLocaleTimeString([], { hour12: false })}.${String(at.getMilliseconds()).padStart(3, "0")}`;
+  const two = (n) => String(n).padStart(2, "0");
+  const text = `${at.getFullYear()}-${two(at.getMonth() + 1)}-${two(at.getDate())} `
+    + `${two(at.getHours())}:${two(at.getMinutes())}:${two(at.getSeconds())}`
+    + `.${String(at.getMilliseconds()).padStart(3, "0")}`;
   return h("time", { datetime: iso, title: iso }, text);
 }
 

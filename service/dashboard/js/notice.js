@@ -13,9 +13,11 @@ export function notify(message, { error = false, fields = [], keep = false } = {
   const other = document.getElementById(error ? "notice" : "notice-error");
   other.hidden = true;
   other.replaceChildren();
-  box.replaceChildren(h("p", {}, message),
-    fields.length ? h("ul", {}, fields.map((f) => h("li", {}, h("code", {}, f.field), ": ", f.message))) : null,
-    h("button", { type: "button", class: "link", onclick: clearNotice }, "Dismiss"));
+  box.replaceChildren(h("p", {}, message));
+  if (fields.length) {
+    box.append(h("ul", {}, fields.map((f) => h("li", {}, h("code", {}, f.field), ": ", f.message))));
+  }
+  box.append(h("button", { type: "button", class: "link", onclick: clearNotice }, "Dismiss"));
   box.hidden = false;
 }
 

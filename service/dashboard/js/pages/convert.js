@@ -16,11 +16,13 @@ export function render(main) {
   const uploadText = h("span", { class: "progress-text" }, "Waiting");
   const conversionBar = h("progress", { id: "conversion-progress", max: 100, value: 0 });
   const conversionText = h("span", { class: "progress-text" }, "Waiting for the upload");
+  const jobLine = h("p", { class: "job-line" });
   const outcome = h("div", { class: "outcome", "aria-live": "polite" });
   const progressSection = h("section", { class: "convert-progress", "aria-labelledby": "convert-progress-heading", hidden: true },
     h("h2", { id: "convert-progress-heading" }, "Progress"),
     h("div", { class: "progress" }, h("label", { for: "upload-progress" }, "Upload"), uploadBar, uploadText),
     h("div", { class: "progress" }, h("label", { for: "conversion-progress" }, "Conversion"), conversionBar, conversionText),
+    jobLine,
     outcome);
 
   main.append(
@@ -60,6 +62,7 @@ export function render(main) {
     uploadText.textContent = "Starting";
     conversionText.textContent = "Waiting for the upload";
     outcome.replaceChildren();
+    jobLine.replaceChildren();
     let job;
     try {
       job = await upload("/conversions", form, (sent, total) => {
@@ -74,7 +77,8 @@ export function render(main) {
     }
     uploadBar.value = 100;
     uploadText.textContent = "Uploaded";
-    outcome.replaceChildren(h("p", {}, "Job ", h("a", { href: `#/jobs/${job.id}`, class: "mono" }, shortId(job.id)), " is following the conversion."));
+    jobLine.replaceChildren("Job ", h("a", { href: `#/jobs/${job.id}`, class: "mono", id: "convert-job" }, shortId(job.id)),
+      ": its page shows the history and the details.");
     live = watch({
       stream: `${API}/jobs/${job.id}/stream`,
       pollMs: 3000,
@@ -90,17 +94,14 @@ export function render(main) {
     if (!TERMINAL.has(job.status)) return;
     live?.stop();
     submit.disabled = false;
-    const jobLink = h("a", { href: `#/jobs/${job.id}` }, "job details");
     if (job.status === "succeeded") {
       const size = job.result?.output_bytes;
       outcome.replaceChildren(h("p", {},
-        h("a", { class: "button primary", href: job.links.output, download: "", id: "download-output" },
-          `Download the ${job.result?.output_format || "result"}${size ? ` (${bytes(size)})` : ""}`),
-        " or see the ", jobLink, "."));
+        h("a", { class: "button primary", href: job.links.output, download: "" },
+          `Download the ${job.result?.output_format || "result"}${size ? ` (${bytes(size)})` : ""}`)));
     } else {
       outcome.replaceChildren(h("p", { class: "error-box" },
-        `The conversion ${job.status}`, job.error ? `: ${job.error.type}: ${job.error.message}` : "",
-        ". See the ", jobLink, "."));
+        `The conversion ${job.status}`, job.error ? `: ${job.error.type}: ${job.error.message}` : "", "."));
     }
   }
 

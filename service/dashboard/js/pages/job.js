@@ -75,7 +75,7 @@ function jobView(job, history, act) {
   return [
     h("section", { class: "summary", "aria-labelledby": "state-heading" },
       h("h2", { id: "state-heading", class: "visually-hidden" }, "State"),
-      h("p", { class: "state" }, statusBadge(job.status), " ",
+      h("p", { class: "state", id: "job-state" }, statusBadge(job.status), " ",
         job.cancel_requested ? h("span", { class: "badge" }, "cancel requested") : null),
       progress(job),
       h("div", { class: "actions", role: "group", "aria-label": "Actions" },
@@ -101,8 +101,8 @@ function jobView(job, history, act) {
     job.error ? h("section", { "aria-labelledby": "error-heading", class: "error-box" },
       h("h2", { id: "error-heading" }, "Error"),
       h("p", {}, h("strong", {}, job.error.type), ": ", job.error.message),
-      h("p", {}, job.error.retryable ? "Retryable: the job is retried while attempts remain."
-        : "Not retryable: retrying would fail the same way unless the input changes.")) : null,
+      h("p", {}, job.error.retryable ? "Retryable: jobq tries again on its own while attempts remain."
+        : "Not retryable: jobq does not try again on its own. Retry starts the job afresh.")) : null,
     h("section", { "aria-labelledby": "payload-heading" },
       h("h2", { id: "payload-heading" }, "Payload"), json(job.payload)),
     h("section", { "aria-labelledby": "result-heading" },
