@@ -40,7 +40,7 @@ def test_convert_uploads_a_mesh_follows_it_and_downloads_the_glb(
     page.get_by_role("button", name="Upload and convert").click()
 
     expect(page.locator("#upload-progress")).to_have_js_property("value", 100)
-    expect(page.get_by_text("Uploaded", exact=True)).to_be_visible()
+    expect(page.get_by_text(re.compile(r"^Uploaded \d+(\.\d)? kB$"))).to_be_visible()
     job_link = page.locator("#convert-job")
     expect(job_link).to_be_visible()
     download_link = page.get_by_role("link", name=re.compile(r"^Download the glb"))

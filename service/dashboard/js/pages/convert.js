@@ -64,8 +64,10 @@ export function render(main) {
     outcome.replaceChildren();
     jobLine.replaceChildren();
     let job;
+    let sentTotal = 0;
     try {
       job = await upload("/conversions", form, (sent, total) => {
+        sentTotal = total;
         uploadBar.value = Math.round((sent / total) * 100);
         uploadText.textContent = `${bytes(sent)} of ${bytes(total)} (${uploadBar.value}%)`;
       });
@@ -76,7 +78,7 @@ export function render(main) {
       return;
     }
     uploadBar.value = 100;
-    uploadText.textContent = "Uploaded";
+    uploadText.textContent = `Uploaded ${bytes(sentTotal)}`;
     jobLine.replaceChildren("Job ", h("a", { href: `#/jobs/${job.id}`, class: "mono", id: "convert-job" }, shortId(job.id)),
       ": its page shows the history and the details.");
     live = watch({
