@@ -197,9 +197,14 @@ def phone(browser: Browser, service: Service, artifacts: Path,
 
 @pytest.fixture
 def shot(artifacts: Path) -> Shot:
-    """Save a screenshot as <artifacts>/<name>.png (the page by default, or one element)."""
-    def take(page: Page, name: str, *, full_page: bool = True) -> Path:
+    """Save the whole page, cut just below its content, as <artifacts>/<name>.png."""
+    def take(page: Page, name: str) -> Path:
         path = artifacts / f"{name}.png"
-        page.screenshot(path=path, full_page=full_page)
+        width, bottom = page.evaluate(
+            "[document.documentElement.clientWidth,"
+            " Math.ceil(document.querySelector('main').getBoundingClientRect().bottom"
+            "           + window.scrollY)]")
+        page.screenshot(path=path, full_page=True,
+                        clip={"x": 0, "y": 0, "width": width, "height": max(bottom, 200)})
         return path
     return take

@@ -49,7 +49,7 @@ function queueTable(items, toggle) {
   const columns = [
     { label: "Queue", cell: (q) => h("a", { href: `#/jobs?queue=${encodeURIComponent(q.name)}` }, q.name) },
     { label: "State", cell: (q) => h("span", { class: `badge ${q.paused ? "paused" : "active"}` }, q.paused ? "paused" : "active") },
-    ...STATUSES.map((s) => ({ label: s[0].toUpperCase() + s.slice(1), class: "num", cell: (q) => countLink(q, s) })),
+    ...STATUSES.map((s) => ({ label: s[0].toUpperCase() + s.slice(1), class: "num count", cell: (q) => countLink(q, s) })),
     { label: "Oldest queued", class: "num", cell: (q) => duration(q.oldest_queued_age_seconds) },
     { label: "Oldest running", class: "num", cell: (q) => duration(q.oldest_running_age_seconds) },
     {
