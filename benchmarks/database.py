@@ -16,8 +16,9 @@ from service import jobs
 from service.backend import Backend
 from service.db import admin, migrate
 from service.db.embedded import EmbeddedPostgres
+from service.domain import jobtypes
 
-NOOP = jobs.JobRequest(type="system.noop")
+NOOP = jobs.JobRequest(type=jobtypes.SYSTEM_NOOP.name)
 
 
 @contextlib.asynccontextmanager

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service import errors
 from service.db import engine as db_engine
 from service.queue import app as queue_app
+from service.settings import Settings
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Backend:
     queue: procrastinate.App
 
     @classmethod
-    async def open(cls, database_url: str, pool_size: int = 20) -> Backend:
+    async def open(cls, database_url: str, pool_size: int = Settings.pool_size) -> Backend:
         engine = db_engine.make_engine(database_url, pool_size=pool_size)
         queue = queue_app.make_app(database_url, engine)
         await queue.open_async()

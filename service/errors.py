@@ -93,3 +93,11 @@ class TransientJobError(JobFailure):
     """The job may succeed if tried again later."""
 
     retryable = True
+
+
+class JobTimeout(PermanentJobError):
+    """The job ran longer than its timeout and was stopped; every job type reports it so."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"The job ran longer than its timeout of {seconds:g} s and was stopped.")
+        self.seconds = seconds

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from service import errors
 from service.backend import Backend
 from service.domain.status import Status
 from service.jobs import QUEUE_NAME
-
-logger = logging.getLogger(__name__)
 
 _STATS = """
 WITH counts AS (
@@ -58,13 +55,7 @@ async def set_paused(backend: Backend, name: str, paused: bool) -> dict[str, Any
             [errors.FieldError("name", "invalid queue name")],
         )
     async with backend.connection() as conn:
-        await conn.execute(
-            """
-            INSERT INTO queues (name, paused, updated_at) VALUES ($1, $2, now())
-            ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = now()
-            """,
-            name, paused,
-        )
+        await conn.execute("SELECT jobq_set_queue_paused($1, $2)", name, paused)
     return next(q for q in await queue_stats(backend) if q["name"] == name)
 
 
@@ -85,18 +76,3 @@ async def live_workers(backend: Backend) -> list[dict[str, Any]]:
             """
         )
     return [dict(r) for r in rows]
-
-
-async def recover_stalled(backend: Backend, stall_seconds: float) -> dict[str, int]:
-    """Requeue (or fail) the jobs of workers silent for `stall_seconds`, then forget those
-    workers. Safe to run from many processes at once."""
-    async with backend.transaction() as conn:
-        rows = await conn.fetch("SELECT * FROM jobq_recover_stalled($1)", stall_seconds)
-        await conn.execute("SELECT procrastinate_prune_stalled_workers_v1($1)", stall_seconds)
-    counts = {"requeued": 0, "failed": 0, "cancelled": 0}
-    for row in rows:
-        counts[row["outcome"]] += 1
-    if rows:
-        logger.warning("recovered %d job(s) of dead workers: %s", len(rows),
-                       ", ".join(f"{r['job_id']} {r['outcome']}" for r in rows))
-    return counts

@@ -1,6 +1,7 @@
 """Deleting finished jobs: a batch at a time, so that a large cleanup never holds long locks
 or one huge transaction while workers drain the queue, and pausing between batches, so that it
-leaves the database's CPU and disk to the workers most of the time."""
+leaves the database's CPU and disk to the workers most of the time. Each batch is one call
+to `jobq_purge_finished`."""
 
 from __future__ import annotations
 
@@ -18,22 +19,6 @@ PAUSE_RATIO = 1.0
 works half the time. Deleting a million jobs at full speed cut a concurrent drain by 32%;
 paced, by 17% (docs/performance.md)."""
 
-_PURGE = """
-WITH doomed AS (
-    SELECT pj.id
-    FROM procrastinate_jobs AS pj
-    JOIN jobs AS j ON j.queue_job_id = pj.id
-    WHERE pj.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
-      AND j.created_at < now() - $1::interval
-    LIMIT $2
-    FOR UPDATE OF pj SKIP LOCKED
-), gone AS (
-    -- jobs, their attempts, events and file links follow through ON DELETE CASCADE
-    DELETE FROM procrastinate_jobs WHERE id IN (SELECT id FROM doomed) RETURNING id
-)
-SELECT count(*) FROM gone
-"""
-
 
 async def purge_finished(backend: Backend, older_than: timedelta, batch: int = PURGE_BATCH,
                          pause_ratio: float = PAUSE_RATIO) -> int:
@@ -43,7 +28,7 @@ async def purge_finished(backend: Backend, older_than: timedelta, batch: int = P
     while True:
         started = time.monotonic()
         async with backend.connection() as conn:
-            deleted = await conn.fetchval(_PURGE, older_than, batch)
+            deleted = await conn.fetchval("SELECT jobq_purge_finished($1, $2)", older_than, batch)
         total += deleted
         if deleted < batch:
             return total

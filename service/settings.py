@@ -1,134 +1,231 @@
-"""Settings, read from the environment once at start-up."""
+"""Settings, read from the environment once at start-up.
+
+Each setting is declared once, as a field of `Settings`: its default, its environment
+variable, its command-line flag (if any) and what it means. `load_settings` reads the
+variables from those declarations, and the README's table of variables is printed from them
+(`python -m service.settings --markdown`; a test checks the README holds exactly that).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import sys
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Annotated, Any
 
 
 class SettingsError(ValueError):
-    """An environment variable holds a value jobq cannot use."""
+    """A setting holds a value jobq cannot use; the message names the variable."""
+
+
+# -- parsers: (variable name, raw text) -> value -----------------------------------------------
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _path(name: str, raw: str) -> Path:
+    return Path(raw)
+
+
+def _whole(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def _seconds(name: str, raw: str) -> timedelta:
+    try:
+        return timedelta(seconds=float(raw))
+    except (ValueError, OverflowError):
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+
+
+def _queues(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(q.strip() for q in raw.split(",") if q.strip())
+
+
+def _database_url(name: str, raw: str) -> str | None:
+    if not raw:
+        return None
+    if not raw.startswith(("postgresql://", "postgres://")):
+        raise SettingsError(f"{name} must start with postgresql://")
+    return raw
+
+
+@dataclass(frozen=True)
+class Var:
+    """How a setting is read and documented: its variable, its meaning, its parser."""
+
+    env: str
+    doc: str
+    parse: Callable[[str, str], Any]
+    minimum: int | None = None
+    flag: str | None = None
+    """The command-line flag that overrides the variable, if any."""
+    shown: str | None = None
+    """The default as the README says it, when its value does not say it well."""
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything configurable about a jobq process."""
+    """Everything configurable about a jobq process. Building one checks it (SettingsError)."""
 
-    database_url: str | None = None
-    """libpq URL of the PostgreSQL database; None starts the embedded one (`DATABASE_URL`)."""
-
-    data_dir: Path = Path(".jobq")
-    """Where the embedded PostgreSQL keeps its cluster (`JOBQ_DATA_DIR`, default `.jobq`)."""
-
-    host: str = "127.0.0.1"
-    """Address the API listens on (`JOBQ_HOST`, default 127.0.0.1)."""
-
-    port: int = 8000
-    """Port the API listens on (`JOBQ_PORT`, default 8000)."""
-
-    pool_size: int = 20
-    """Connections in the process's one pool (`JOBQ_POOL_SIZE`, default 10)."""
-
-    worker_concurrency: int = 10
-    """Jobs one worker process runs at once (`JOBQ_WORKER_CONCURRENCY`, default 10)."""
-
-    worker_queues: tuple[str, ...] = ()
-    """Queues a worker takes jobs from; empty means all (`JOBQ_WORKER_QUEUES`, comma-separated)."""
-
-    heartbeat_interval: timedelta = timedelta(seconds=5)
-    """How often a worker proves it is alive (`JOBQ_HEARTBEAT_SECONDS`, default 5 s)."""
-
-    stall_timeout: timedelta = timedelta(seconds=30)
-    """A worker silent this long is presumed dead and its jobs are requeued (default 30 s)."""
-
-    shutdown_grace: timedelta = timedelta(seconds=30)
-    """On SIGTERM, how long running jobs may finish before they are stopped and requeued."""
-
-    poll_interval: timedelta = timedelta(seconds=1)
-    """Idle workers look for due jobs this often even without a notification (default 1 s)."""
-
-    progress_interval: timedelta = timedelta(milliseconds=250)
-    """Progress writes of one job are coalesced to at most one per interval (default 250 ms)."""
-
-    max_body_bytes: int = 10_000_000
-    """Largest JSON request body the API accepts (`JOBQ_MAX_BODY_BYTES`, default 10 MB)."""
-
-    max_upload_bytes: int = 200_000_000
-    """Largest upload of files to convert, all parts together (`JOBQ_MAX_UPLOAD_BYTES`, 200 MB)."""
-
-    conversion_processes: int = 2
-    """Warm child processes a worker converts meshes in (`JOBQ_CONVERSION_PROCESSES`, 2)."""
-
-    conversion_memory_mb: int = 2048
-    """Memory one conversion process may use (`JOBQ_CONVERSION_MEMORY_MB`, 2048)."""
-
-    extra: Mapping[str, str] = field(default_factory=dict)
+    database_url: Annotated[str | None, Var(
+        "DATABASE_URL", "the PostgreSQL database; `sslmode=` for TLS (docs/deploy.md)",
+        _database_url,
+        shown="unset: embedded (`jobq up` only, with the `embedded` extra)")] = None
+    data_dir: Annotated[Path, Var(
+        "JOBQ_DATA_DIR", "embedded PostgreSQL's data", _path, flag="--data-dir")] = Path(".jobq")
+    host: Annotated[str, Var(
+        "JOBQ_HOST", "address the API listens on", _text, flag="--host")] = "127.0.0.1"
+    port: Annotated[int, Var(
+        "JOBQ_PORT", "port the API listens on", _whole, minimum=1, flag="--port")] = 8000
+    pool_size: Annotated[int, Var(
+        "JOBQ_POOL_SIZE",
+        "most database connections a process keeps open (its LISTEN connection aside)",
+        _whole, minimum=1)] = 20
+    worker_concurrency: Annotated[int, Var(
+        "JOBQ_WORKER_CONCURRENCY", "jobs one worker runs at once", _whole, minimum=1,
+        flag="--concurrency")] = 10
+    worker_queues: Annotated[tuple[str, ...], Var(
+        "JOBQ_WORKER_QUEUES", "comma-separated queues a worker takes jobs from", _queues,
+        flag="--queues", shown="all")] = ()
+    heartbeat_interval: Annotated[timedelta, Var(
+        "JOBQ_HEARTBEAT_SECONDS", "worker heartbeat interval", _seconds)] = timedelta(seconds=5)
+    stall_timeout: Annotated[timedelta, Var(
+        "JOBQ_STALL_TIMEOUT_SECONDS",
+        "a worker silent this long is presumed dead; its jobs are requeued",
+        _seconds)] = timedelta(seconds=30)
+    shutdown_grace: Annotated[timedelta, Var(
+        "JOBQ_SHUTDOWN_GRACE_SECONDS",
+        "on SIGTERM, time running jobs get to finish before they are requeued",
+        _seconds)] = timedelta(seconds=30)
+    poll_interval: Annotated[timedelta, Var(
+        "JOBQ_POLL_SECONDS", "idle workers look for due jobs this often, besides NOTIFY",
+        _seconds)] = timedelta(seconds=1)
+    progress_interval: Annotated[timedelta, Var(
+        "JOBQ_PROGRESS_INTERVAL_SECONDS",
+        "progress writes of one job are coalesced to one per interval",
+        _seconds)] = timedelta(milliseconds=250)
+    max_body_bytes: Annotated[int, Var(
+        "JOBQ_MAX_BODY_BYTES", "largest JSON request body (413 above)", _whole,
+        minimum=1)] = 10_000_000
+    max_upload_bytes: Annotated[int, Var(
+        "JOBQ_MAX_UPLOAD_BYTES",
+        "largest upload to `/api/v1/conversions`, all files together (413 above)", _whole,
+        minimum=1)] = 200_000_000
+    conversion_processes: Annotated[int, Var(
+        "JOBQ_CONVERSION_PROCESSES",
+        "conversions a worker runs at once, each in its own child process", _whole,
+        minimum=1)] = 2
+    conversion_memory_mb: Annotated[int, Var(
+        "JOBQ_CONVERSION_MEMORY_MB", "address-space limit of one conversion process", _whole,
+        minimum=256)] = 2048
+    extra: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Unrecognised `JOBQ_*` variables, kept to warn about typos."""
 
-
-def _seconds(env: Mapping[str, str], name: str, default: timedelta) -> timedelta:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{name} must be positive, got {raw!r}")
-    return timedelta(seconds=value)
+    def __post_init__(self) -> None:
+        for f, var in DECLARED:
+            _check_value(var, getattr(self, f.name))
+        _check_together(self)
 
 
-def _integer(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {raw!r}")
-    return value
+# Besides its jobs, a worker holds up to three connections at once: claiming, recording
+# outcomes and its heartbeat. With fewer than this, the heartbeat waits behind the others.
+WORKER_OWN_CONNECTIONS = 3
+
+STALL_HEARTBEATS = 2
+"""The stall timeout must exceed this many heartbeat intervals: one late heartbeat must never
+get a live worker presumed dead."""
 
 
-_KNOWN = {
-    "JOBQ_DATA_DIR", "JOBQ_HOST", "JOBQ_PORT", "JOBQ_POOL_SIZE", "JOBQ_WORKER_CONCURRENCY",
-    "JOBQ_WORKER_QUEUES", "JOBQ_HEARTBEAT_SECONDS", "JOBQ_STALL_TIMEOUT_SECONDS",
-    "JOBQ_SHUTDOWN_GRACE_SECONDS", "JOBQ_POLL_SECONDS", "JOBQ_PROGRESS_INTERVAL_SECONDS",
-    "JOBQ_MAX_BODY_BYTES", "JOBQ_MAX_UPLOAD_BYTES", "JOBQ_CONVERSION_PROCESSES",
-    "JOBQ_CONVERSION_MEMORY_MB",
-}
+def _check_together(s: Settings) -> None:
+    """Settings that are each valid but do not work together."""
+    if s.stall_timeout <= STALL_HEARTBEATS * s.heartbeat_interval:
+        raise SettingsError(
+            f"JOBQ_STALL_TIMEOUT_SECONDS ({shown(s.stall_timeout)}) must be more than "
+            f"{STALL_HEARTBEATS} x JOBQ_HEARTBEAT_SECONDS ({shown(s.heartbeat_interval)}), "
+            "or live workers are presumed dead")
+    if s.pool_size < WORKER_OWN_CONNECTIONS + 1:
+        raise SettingsError(
+            f"JOBQ_POOL_SIZE ({s.pool_size}) must be at least {WORKER_OWN_CONNECTIONS + 1}: a "
+            f"worker holds up to {WORKER_OWN_CONNECTIONS} connections for itself (claiming, "
+            "recording outcomes, heartbeat) and its jobs need at least one more")
+
+
+def _declared() -> list[tuple[dataclasses.Field, Var]]:
+    """Each field of Settings read from a variable, with its declaration, in order."""
+    hints = typing.get_type_hints(Settings, include_extras=True)
+    declared = []
+    for f in dataclasses.fields(Settings):
+        var = next((m for m in getattr(hints[f.name], "__metadata__", ()) if isinstance(m, Var)),
+                   None)
+        if var is not None:
+            declared.append((f, var))
+    return declared
+
+
+DECLARED = _declared()
+KNOWN_VARIABLES = frozenset(var.env for _, var in DECLARED)
+
+
+def _label(var: Var) -> str:
+    return f"{var.env} ({var.flag})" if var.flag else var.env
+
+
+def _check_value(var: Var, value: Any) -> None:
+    """Durations must be positive; numbers at least their declared minimum."""
+    if isinstance(value, timedelta) and value <= timedelta(0):
+        raise SettingsError(f"{_label(var)} must be positive, got {shown(value)}")
+    if var.minimum is not None and value < var.minimum:
+        raise SettingsError(f"{_label(var)} must be at least {var.minimum}, got {value}")
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from `DATABASE_URL` and `JOBQ_*` variables; SettingsError names a bad one."""
     env = os.environ if env is None else env
-    queues = tuple(q.strip() for q in env.get("JOBQ_WORKER_QUEUES", "").split(",") if q.strip())
-    database_url = env.get("DATABASE_URL") or None
-    if database_url and not database_url.startswith(("postgresql://", "postgres://")):
-        raise SettingsError("DATABASE_URL must start with postgresql://")
-    return Settings(
-        database_url=database_url,
-        data_dir=Path(env.get("JOBQ_DATA_DIR", ".jobq")),
-        host=env.get("JOBQ_HOST", "127.0.0.1"),
-        port=_integer(env, "JOBQ_PORT", 8000),
-        pool_size=_integer(env, "JOBQ_POOL_SIZE", 20),
-        worker_concurrency=_integer(env, "JOBQ_WORKER_CONCURRENCY", 10),
-        worker_queues=queues,
-        heartbeat_interval=_seconds(env, "JOBQ_HEARTBEAT_SECONDS", timedelta(seconds=5)),
-        stall_timeout=_seconds(env, "JOBQ_STALL_TIMEOUT_SECONDS", timedelta(seconds=30)),
-        shutdown_grace=_seconds(env, "JOBQ_SHUTDOWN_GRACE_SECONDS", timedelta(seconds=30)),
-        poll_interval=_seconds(env, "JOBQ_POLL_SECONDS", timedelta(seconds=1)),
-        progress_interval=_seconds(
-            env, "JOBQ_PROGRESS_INTERVAL_SECONDS", timedelta(milliseconds=250)
-        ),
-        max_body_bytes=_integer(env, "JOBQ_MAX_BODY_BYTES", 10_000_000),
-        max_upload_bytes=_integer(env, "JOBQ_MAX_UPLOAD_BYTES", 200_000_000),
-        conversion_processes=_integer(env, "JOBQ_CONVERSION_PROCESSES", 2),
-        conversion_memory_mb=_integer(env, "JOBQ_CONVERSION_MEMORY_MB", 2048, minimum=256),
-        extra={k: v for k, v in env.items() if k.startswith("JOBQ_") and k not in _KNOWN},
-    )
+    values = {f.name: var.parse(var.env, env[var.env]) for f, var in DECLARED if var.env in env}
+    extra = {k: v for k, v in env.items() if k.startswith("JOBQ_") and k not in KNOWN_VARIABLES}
+    return Settings(**values, extra=extra)
+
+
+def apply_flags(settings: Settings, flags: Mapping[str, str | None]) -> Settings:
+    """`settings` with the command-line flags that were given (argparse's `dest` names, raw
+    text), parsed and checked like the variables they override."""
+    changes = {}
+    for f, var in DECLARED:
+        raw = flags.get(var.flag.removeprefix("--").replace("-", "_")) if var.flag else None
+        if raw is not None:
+            changes[f.name] = var.parse(_label(var), raw)
+    return dataclasses.replace(settings, **changes)
+
+
+def shown(value: Any) -> str:
+    """A value as its environment variable would spell it."""
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds():g}"
+    return str(value)
+
+
+def markdown_table() -> str:
+    """The README's table of environment variables."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for f, var in DECLARED:
+        default = var.shown or f"`{shown(f.default)}`"
+        flag = f" (`{var.flag}`)" if var.flag else ""
+        lines.append(f"| `{var.env}`{flag} | {default} | {var.doc} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m service.settings --markdown")
+    sys.stdout.write(markdown_table())

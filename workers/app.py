@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from service.backend import Backend
+from service.domain import jobtypes
 from service.settings import Settings
 from workers.runtime import Handler, Worker
 from workers.sandbox import Sandbox
@@ -12,9 +13,9 @@ from workers.tasks import mesh, system
 def make_handlers(settings: Settings, pool: Sandbox) -> dict[str, Handler]:
     """The code that runs each job type. Conversions share one sandbox of child processes."""
     return {
-        "system.noop": system.noop,
-        "system.sleep": system.sleep,
-        "mesh.convert": mesh.make_handler(pool),
+        jobtypes.SYSTEM_NOOP.name: system.noop,
+        jobtypes.SYSTEM_SLEEP.name: system.sleep,
+        jobtypes.MESH_CONVERT.name: mesh.make_handler(pool),
     }
 
 

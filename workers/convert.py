@@ -41,13 +41,7 @@ MAX_COMPRESSION_RATIO = 200
 or half a gigabyte unpacked is a bomb, and would not load within the memory limit anyway."""
 
 _SNIFF_BYTES = 64 * 1024
-_TEXT_FORMATS = frozenset({"obj", "off", "xyz", "gltf", "dae"})
-_SIGNED_FORMATS = frozenset({"glb", "gltf", "ply", "dae", "3mf"})
-"""Formats whose files always start with a signature _sniff knows."""
 _XML_DECLARATIONS = (b"<!DOCTYPE", b"<!ENTITY")
-_LABELS = {"obj": "OBJ", "stl": "STL", "ply": "PLY", "off": "OFF", "glb": "binary glTF (GLB)",
-           "gltf": "glTF JSON", "dae": "COLLADA (DAE)", "3mf": "3MF", "xyz": "XYZ points",
-           "zip": "a ZIP archive"}
 
 
 class InvalidMesh(errors.PermanentJobError):
@@ -236,12 +230,12 @@ def _check_content(name: str, fmt: str, data: bytes) -> None:
         raise InvalidMesh(f"{name} is named .{fmt} but is a ZIP archive: upload a ZIP as .zip "
                           "(and a 3MF as .3mf).")
     if found not in (None, fmt, "zip"):
-        raise InvalidMesh(f"{name} is named .{fmt} but holds {_LABELS[found]}: "
+        raise InvalidMesh(f"{name} is named .{fmt} but holds {formats.label(found)}: "
                           f"rename it .{found}.")
-    if fmt in _SIGNED_FORMATS and found is None:
-        raise InvalidMesh(f"{name} is named .{fmt} but is not {_LABELS[fmt]} "
+    if fmt in formats.SIGNED_FORMATS and found is None:
+        raise InvalidMesh(f"{name} is named .{fmt} but is not {formats.label(fmt)} "
                           "(its first bytes are not the format's signature).")
-    if fmt in _TEXT_FORMATS and b"\x00" in data[:_SNIFF_BYTES]:
+    if fmt in formats.TEXT_FORMATS and b"\x00" in data[:_SNIFF_BYTES]:
         raise InvalidMesh(f"{name} is named .{fmt}, a text format, but holds binary data.")
     if fmt in _FORMAT_CHECKS:
         _FORMAT_CHECKS[fmt](name, data)
@@ -351,10 +345,11 @@ def _load(name: str, fmt: str, data: bytes, resolver: _UploadResolver) -> Any:
     except MemoryError:
         raise InvalidMesh(f"{name} is too large to load within the memory limit.") from None
     except ImportError as exc:
-        raise InvalidMesh(f"Reading {_LABELS[fmt]} needs a library this worker lacks: "
+        raise InvalidMesh(f"Reading {formats.label(fmt)} needs a library this worker lacks: "
                           f"{exc}") from exc
     except Exception as exc:  # parsers raise anything: ValueError, KeyError, DaeMalformedError...
-        raise InvalidMesh(f"{name} could not be read as {_LABELS[fmt]}: {_reason(exc)}") from exc
+        raise InvalidMesh(
+            f"{name} could not be read as {formats.label(fmt)}: {_reason(exc)}") from exc
 
 
 def _reason(exc: BaseException) -> str:
@@ -389,7 +384,7 @@ def _check_geometry(name: str, fmt: str, loaded: Any) -> _Shape:
         shape.geometries += 1
     if shape.vertices == 0:
         raise InvalidMesh(f"{name} holds no geometry: no vertices were found. The file may be "
-                          f"empty, truncated or not really {_LABELS[fmt]}.")
+                          f"empty, truncated or not really {formats.label(fmt)}.")
     return shape
 
 

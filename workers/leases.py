@@ -1,20 +1,17 @@
-"""The worker's database calls: claim, finish, progress, heartbeat, recovery.
+"""The worker's database calls: register, heartbeat, claim, progress, and what it must stop.
 
 Every write about a job carries the attempt id handed out at claim time; the database refuses
-it once that attempt is no longer open (see jobq_finish_attempts), which fences off a worker that
-was presumed dead and woke up.
+it once that attempt is no longer open (jobq_hold_lease, jobq_finish_attempts), which fences off
+a worker that was presumed dead and woke up. Outcomes are written by service/attempts.py.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
-
-from service.db import engine as db_engine
 
 
 @dataclass(frozen=True)
@@ -32,6 +29,8 @@ class Claimed:
     payload: dict[str, Any]
     max_attempts: int
     timeout_seconds: float
+    backoff: dict[str, float] | None
+    """The job's own backoff, overriding its type's where it gives a value."""
 
 
 async def register(conn: asyncpg.Connection, name: str, host: str, pid: int,
@@ -69,52 +68,16 @@ async def claim(conn: asyncpg.Connection, worker_id: int, worker_name: str,
     return [Claimed(**dict(r)) for r in rows]
 
 
-@dataclass(frozen=True)
-class AttemptOutcome:
-    """How one attempt ended, ready to be written: result and error already JSON text."""
-
-    attempt_id: int
-    outcome: str
-    result: str | None = None
-    error: str | None = None
-    retry_at: datetime | None = None
-
-    @classmethod
-    def of(cls, attempt_id: int, outcome: str, result: dict[str, Any] | None = None,
-           error: dict[str, Any] | None = None,
-           retry_at: datetime | None = None) -> AttemptOutcome:
-        """Encodes result and error; raises TypeError/ValueError if they are not JSON."""
-        return cls(attempt_id, outcome,
-                   None if result is None else db_engine.dumps(result),
-                   None if error is None else db_engine.dumps(error),
-                   retry_at)
-
-
-async def finish_many(conn: asyncpg.Connection, outcomes: list[AttemptOutcome]) -> set[int]:
-    """Record many outcomes in one transaction; returns the attempt ids whose outcome was
-    applied (the others had lost their lease, and nothing was written for them)."""
-    rows = await conn.fetch(
-        "SELECT * FROM jobq_finish_attempts($1, $2, $3, $4, $5) AS applied",
-        [o.attempt_id for o in outcomes], [o.outcome for o in outcomes],
-        [o.result for o in outcomes], [o.error for o in outcomes],
-        [o.retry_at for o in outcomes],
-    )
-    return {r["applied"] for r in rows}
-
-
 async def write_progress(conn: asyncpg.Connection, attempt_id: int, percent: int,
                          stage: str | None, message: str | None) -> bool:
     """Store a job's progress; False if the lease was lost."""
-    status = await conn.execute(
-        """
-        UPDATE jobs SET progress = $2, stage = $3, progress_message = $4,
-                        progress_updated_at = now()
-        FROM job_attempts a
-        WHERE a.id = $1 AND a.finished_at IS NULL AND jobs.id = a.job_id
-        """,
-        attempt_id, percent, stage, message,
-    )
-    return status != "UPDATE 0"
+    return await conn.fetchval("SELECT jobq_report_progress($1, $2, $3, $4)",
+                               attempt_id, percent, stage, message)
+
+
+async def hold_lease(conn: asyncpg.Connection, attempt_id: int) -> bool:
+    """Keep the attempt open until this transaction ends; False if the lease is lost already."""
+    return await conn.fetchval("SELECT jobq_hold_lease($1)", attempt_id) is not None
 
 
 async def abort_requested(conn: asyncpg.Connection, worker_id: int) -> set[int]:

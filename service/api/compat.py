@@ -3,7 +3,6 @@ front ends written against it. Errors here are `{"error": "..."}` as that servic
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from litestar import Request, Response, delete, get, post
@@ -19,7 +18,9 @@ from litestar.status_codes import (
 
 from service import conversions, errors, jobs, queues
 from service.api import conversions as conversion_routes
+from service.api import schemas
 from service.backend import Backend
+from service.domain import jobtypes
 from service.settings import Settings
 
 V2 = "/api/v2"
@@ -50,13 +51,6 @@ def _v2_errors(exc: Exception) -> Response:
     return _error(HTTP_400_BAD_REQUEST, str(exc))
 
 
-def _job_id(raw: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise errors.JobNotFound(raw) from None
-
-
 @post(f"{V2}/convert", status_code=HTTP_200_OK, tags=["v2 (BullMQ-era)"],
       summary="Upload a mesh (multipart: file, format = glb)", request_max_body_size=None,
       exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)})
@@ -75,7 +69,7 @@ async def convert(
 @get(f"{V2}/status/{{job_id:str}}", tags=["v2 (BullMQ-era)"], summary="A job's state",
      exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)})
 async def status(backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict[str, Any]:
-    job = await jobs.get_job(backend, _job_id(job_id))
+    job = await jobs.get_job(backend, schemas.parse_job_id(job_id))
     body: dict[str, Any] = {"jobId": str(job["id"]), "status": BULLMQ_STATUS[job["status"]],
                             "progress": job["progress"]}
     if job["status"] == "succeeded":
@@ -95,7 +89,7 @@ async def status(backend: NamedDependency[Backend], job_id: FromPath[str]) -> di
 async def stats(backend: NamedDependency[Backend]) -> dict[str, int]:
     counts = {"waiting": 0, "active": 0, "completed": 0, "failed": 0, "delayed": 0}
     for queue in await queues.queue_stats(backend):
-        if queue["name"] != "conversions":
+        if queue["name"] != jobtypes.MESH_CONVERT.queue:
             continue
         for ours, n in queue["counts"].items():
             counts[BULLMQ_STATUS[ours]] += n
@@ -106,7 +100,7 @@ async def stats(backend: NamedDependency[Backend]) -> dict[str, int]:
         summary="Cancel a waiting job, or remove a finished one",
         exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)})
 async def remove(backend: NamedDependency[Backend], job_id: FromPath[str]) -> Response:
-    parsed = _job_id(job_id)
+    parsed = schemas.parse_job_id(job_id)
     job = await jobs.get_job(backend, parsed)
     if job["status"] == "running":
         return _error(HTTP_400_BAD_REQUEST, "Cannot cancel active job")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -86,11 +85,7 @@ async def list_formats() -> dict[str, list[str]]:
 @get(f"{schemas.API}/jobs/{{job_id:str}}/output", tags=["jobs"],
      summary="Download a job's output file")
 async def job_output(backend: NamedDependency[Backend], job_id: FromPath[str]) -> Stream:
-    try:
-        parsed = uuid.UUID(job_id)
-    except ValueError:
-        raise errors.JobNotFound(job_id) from None
-    info, filename = await conversions.output(backend, parsed)
+    info, filename = await conversions.output(backend, schemas.parse_job_id(job_id))
     return Stream(
         PostgresFileStore(backend).read(info.id),
         media_type=info.content_type,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -11,9 +10,10 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from service import errors, jobs
+from service import jobs
 from service.api import schemas
 from service.backend import Backend
+from service.domain import requests
 from service.domain.status import Status
 
 Idempotency = Annotated[
@@ -27,14 +27,15 @@ class JobsController(Controller):
     path = f"{schemas.API}/jobs"
     tags = ["jobs"]
 
-    @post("/", status_code=HTTP_201_CREATED, summary="Submit a job")
+    @post("/", status_code=HTTP_201_CREATED, summary="Submit a job",
+          dto=schemas.StrictJSON[requests.JobRequest], return_dto=None)
     async def submit(
         self,
         backend: NamedDependency[Backend],
-        data: JSONBody[schemas.JobSubmission],
+        data: JSONBody[requests.JobRequest],
         idempotency_key: Idempotency = None,
     ) -> Response[dict[str, Any]]:
-        job, created = await jobs.submit_job(backend, data.to_request(), idempotency_key)
+        job, created = await jobs.submit_job(backend, data, idempotency_key)
         body = schemas.job_json(job)
         return Response(
             body,
@@ -42,11 +43,12 @@ class JobsController(Controller):
             headers={"Location": body["links"]["self"]},
         )
 
-    @post("/batch", status_code=HTTP_201_CREATED, summary="Submit up to 1000 jobs, all or none")
+    @post("/batch", status_code=HTTP_201_CREATED, summary="Submit up to 1000 jobs, all or none",
+          dto=schemas.StrictJSON[requests.JobBatch], return_dto=None)
     async def submit_batch(
-        self, backend: NamedDependency[Backend], data: JSONBody[schemas.BatchSubmission]
+        self, backend: NamedDependency[Backend], data: JSONBody[requests.JobBatch]
     ) -> dict[str, list[str]]:
-        ids = await jobs.submit_batch(backend, [j.to_request() for j in data.jobs])
+        ids = await jobs.submit_batch(backend, data.jobs)
         return {"ids": [str(i) for i in ids]}
 
     @get("/", summary="List jobs, newest first")
@@ -72,29 +74,21 @@ class JobsController(Controller):
 
     @get("/{job_id:str}", summary="Get a job")
     async def get_job(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
-        return schemas.job_json(await jobs.get_job(backend, _job_id(job_id)))
+        return schemas.job_json(await jobs.get_job(backend, schemas.parse_job_id(job_id)))
 
     @get("/{job_id:str}/history", summary="Every attempt and state change, oldest first")
     async def history(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
-        return schemas.history_json(await jobs.job_history(backend, _job_id(job_id)))
+        return schemas.history_json(await jobs.job_history(backend, schemas.parse_job_id(job_id)))
 
     @post("/{job_id:str}/cancel", status_code=HTTP_200_OK, summary="Cancel a job")
     async def cancel(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
-        return schemas.job_json(await jobs.cancel_job(backend, _job_id(job_id)))
+        return schemas.job_json(await jobs.cancel_job(backend, schemas.parse_job_id(job_id)))
 
     @post("/{job_id:str}/retry", status_code=HTTP_200_OK,
           summary="Requeue a failed or cancelled job")
     async def retry(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
-        return schemas.job_json(await jobs.retry_job(backend, _job_id(job_id)))
+        return schemas.job_json(await jobs.retry_job(backend, schemas.parse_job_id(job_id)))
 
     @delete("/{job_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Delete a finished job")
     async def remove(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> None:
-        await jobs.delete_job(backend, _job_id(job_id))
-
-
-def _job_id(raw: str) -> uuid.UUID:
-    # Any malformed id names no job: 404, as for an unknown one.
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise errors.JobNotFound(raw) from None
+        await jobs.delete_job(backend, schemas.parse_job_id(job_id))

@@ -1,4 +1,5 @@
-"""Request bodies and the JSON shapes of responses (see shared API.md)."""
+"""How request bodies are decoded, and the JSON shapes of responses (see shared API.md).
+The request types themselves are the domain's (`service.domain.requests`)."""
 
 from __future__ import annotations
 
@@ -7,46 +8,33 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from litestar.dto import MsgspecDTO
+from litestar.exceptions import ClientException, ValidationException
 
-from service import jobs
+from service import errors
 
 API = "/api/v1"
 
 
-class Backoff(msgspec.Struct, forbid_unknown_fields=True):
-    """Per-job override of the job type's backoff between attempts."""
+class StrictJSON(MsgspecDTO):
+    """Decodes a JSON body into its msgspec type with strict JSON types: `"priority": "1"` is
+    a 422, not the number 1 (Litestar's own decoding converts strings to numbers)."""
 
-    base_seconds: float | None = None
-    cap_seconds: float | None = None
-    jitter: float | None = None
-
-
-class JobSubmission(msgspec.Struct, forbid_unknown_fields=True):
-    """Body of `POST /api/v1/jobs`: the job type, its payload and optional scheduling."""
-
-    type: str
-    payload: dict[str, Any] = msgspec.field(default_factory=dict)
-    queue: str | None = None
-    priority: int = 0
-    run_at: datetime | None = None
-    delay_seconds: float | None = None
-    max_attempts: int | None = None
-    timeout_seconds: float | None = None
-    callback_url: str | None = None
-    backoff: Backoff | None = None
-
-    def to_request(self) -> jobs.JobRequest:
-        fields = msgspec.structs.asdict(self)
-        if self.backoff is not None:
-            fields["backoff"] = {k: v for k, v in msgspec.structs.asdict(self.backoff).items()
-                                 if v is not None}
-        return jobs.JobRequest(**fields)
+    def decode_bytes(self, value: bytes) -> Any:
+        try:
+            return msgspec.json.decode(value, type=self.model_type, strict=True)
+        except msgspec.ValidationError as exc:
+            raise ValidationException(extra=[{"message": str(exc)}]) from exc
+        except msgspec.DecodeError as exc:
+            raise ClientException(str(exc)) from exc
 
 
-class BatchSubmission(msgspec.Struct, forbid_unknown_fields=True):
-    """Body of `POST /api/v1/jobs/batch`: up to 1000 jobs, accepted all or nothing."""
-
-    jobs: list[JobSubmission]
+def parse_job_id(raw: str) -> uuid.UUID:
+    """A job id from a URL. Any malformed id names no job: 404, as for an unknown one."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise errors.JobNotFound(raw) from None
 
 
 def timestamp(value: datetime | None) -> str | None:

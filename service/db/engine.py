@@ -15,6 +15,8 @@ import msgspec
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from service.settings import Settings
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -37,7 +39,8 @@ def sqlalchemy_url(database_url: str) -> str:
     return url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
 
 
-def make_engine(database_url: str, pool_size: int = 20, **kwargs: Any) -> AsyncEngine:
+def make_engine(database_url: str, pool_size: int = Settings.pool_size,
+                **kwargs: Any) -> AsyncEngine:
     """The engine (and pool) of this process: at most `pool_size` connections, opened as they
     are needed and then kept. No overflow connections: under a steady load above the pool's
     size they were opened and closed again and again (7% of the API's CPU, measured)."""

@@ -5,39 +5,74 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
 
 from service import errors
 
-INPUT_FORMATS = frozenset({"obj", "stl", "ply", "off", "glb", "gltf", "dae", "3mf", "xyz"})
-"""Formats that load: each has a real file in tests/unit/test_convert.py's corpus matrix."""
+OCTET_STREAM = "application/octet-stream"
 
-OUTPUT_FORMATS = frozenset({"glb", "gltf", "obj", "stl", "ply", "off", "xyz"})
-"""Formats every loadable input converts to (point clouds only to POINT_TARGETS)."""
 
-SCENE_TARGETS = frozenset({"glb", "gltf"})
-"""Targets that keep a scene: several meshes, their placement, materials and textures."""
+@dataclass(frozen=True)
+class Format:
+    """What jobq knows about one file format: a row of FORMATS."""
 
+    name: str
+    """The extension, lower case, without the dot."""
+    label: str
+    """How a message names it."""
+    reads: bool = True
+    """Loads: each has a real file in tests/unit/test_convert.py's corpus matrix."""
+    writes: bool = False
+    """Every loadable input converts to it (point clouds only where `points`)."""
+    content_type: str = OCTET_STREAM
+    """The media type an output of this format is downloaded with."""
+    scene: bool = False
+    """Keeps a scene: several meshes, their placement, materials and textures. Other targets
+    hold one mesh: a scene is merged, placed by its transforms, before export."""
+    points: bool = False
+    """Can hold a point cloud (vertices without faces)."""
+    text: bool = False
+    """Always text: binary bytes in such a file mean it is something else."""
+    signed: bool = False
+    """Its files always start with a signature the worker's sniffer knows."""
+    archive: bool = False
+    """Unpacked first; the model and its sidecars are inside."""
+
+
+FORMATS = {f.name: f for f in (
+    Format("glb", "binary glTF (GLB)", writes=True, content_type="model/gltf-binary",
+           scene=True, points=True, signed=True),
+    Format("gltf", "glTF JSON", writes=True, content_type="model/gltf+json", scene=True,
+           points=True, text=True, signed=True),
+    Format("obj", "OBJ", writes=True, content_type="model/obj", points=True, text=True),
+    Format("stl", "STL", writes=True, content_type="model/stl"),
+    Format("ply", "PLY", writes=True, content_type="application/x-ply", points=True,
+           signed=True),
+    Format("off", "OFF", writes=True, content_type="application/x-off", text=True),
+    Format("xyz", "XYZ points", writes=True, content_type="text/plain", points=True,
+           text=True),
+    Format("dae", "COLLADA (DAE)", text=True, signed=True),
+    Format("3mf", "3MF", signed=True),
+    Format("zip", "a ZIP archive", reads=False, archive=True),
+)}
+"""Every format jobq reads, writes or unpacks, one row each; the sets below derive from it."""
+
+
+def _where(flag: str) -> frozenset[str]:
+    return frozenset(name for name, f in FORMATS.items() if getattr(f, flag))
+
+
+INPUT_FORMATS = _where("reads")
+OUTPUT_FORMATS = _where("writes")
+SCENE_TARGETS = OUTPUT_FORMATS & _where("scene")
 SINGLE_MESH_TARGETS = OUTPUT_FORMATS - SCENE_TARGETS
-"""Targets that hold one mesh: a scene is merged, placed by its transforms, before export."""
-
-POINT_TARGETS = frozenset({"ply", "glb", "gltf", "obj", "xyz"})
-"""Targets that can hold a point cloud (vertices without faces); STL and OFF cannot."""
+POINT_TARGETS = OUTPUT_FORMATS & _where("points")
+TEXT_FORMATS = _where("text")
+SIGNED_FORMATS = _where("signed")
+ARCHIVES = _where("archive")
 
 SIDECARS = frozenset({"mtl", "bin", "png", "jpg", "jpeg"})
 """Files that come with a main file (materials, buffers, textures), never converted alone."""
-
-ARCHIVES = frozenset({"zip"})
-"""Uploads unpacked first; the model and its sidecars are inside."""
-
-CONTENT_TYPES = {
-    "glb": "model/gltf-binary",
-    "gltf": "model/gltf+json",
-    "obj": "model/obj",
-    "stl": "model/stl",
-    "ply": "application/x-ply",
-    "off": "application/x-off",
-    "xyz": "text/plain",
-}
 
 MAX_NAME = 120
 """Longest file name kept, extension included (file systems allow 255 bytes; UTF-8 needs 4
@@ -79,7 +114,13 @@ def output_filename(original: str, fmt: str) -> str:
 
 def content_type(fmt: str) -> str:
     """The media type to download a file of this format with."""
-    return CONTENT_TYPES.get(fmt, "application/octet-stream")
+    known = FORMATS.get(fmt)
+    return known.content_type if known else OCTET_STREAM
+
+
+def label(fmt: str) -> str:
+    """How a message names a format."""
+    return FORMATS[fmt].label
 
 
 def check_target(target: str | None) -> str:

@@ -24,13 +24,18 @@ class Status(StrEnum):
         return not self.is_terminal
 
 
+# Which statuses allow a client's cancel, retry and delete is decided by jobq_cancel_job,
+# jobq_retry_job and jobq_delete_job, under the job's lock; these sets say the same for readers
+# of Python, and tests/integration/test_transitions.py checks that they agree.
 TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+"""A job in these statuses never changes again on its own; a client may delete it."""
 RETRYABLE_BY_CLIENT = frozenset({Status.FAILED, Status.CANCELLED})
 CANCELLABLE = frozenset({Status.QUEUED, Status.SCHEDULED, Status.RUNNING})
 
 
 class Outcome(StrEnum):
-    """How one attempt ended; recorded in `job_attempts.outcome`."""
+    """How one attempt ended; recorded in `job_attempts.outcome`. The same words in SQL
+    (jobq_finish_attempts) and Python (service/domain/outcome.py, which decides them)."""
 
     SUCCEEDED = "succeeded"
     FAILED = "failed"            # ended in error, the job fails for good

@@ -240,10 +240,13 @@ async def test_health_ready_and_openapi(client):
     assert "/api/v1/jobs/{job_id}/history" in schema["paths"]
 
 
-async def test_recover_stalled_requeues_the_job_of_a_silent_worker(client, backend: Backend):
+async def test_recover_stalled_requeues_the_job_of_a_silent_worker_after_its_backoff(
+        client, backend: Backend):
+    from service import attempts
+    from service.domain import outcome
     from workers import leases
 
-    job = await submit(client)
+    job = await submit(client, {**SLEEP, "backoff": {"base_seconds": 60, "jitter": 0}})
     async with backend.connection() as conn:
         worker_id = await leases.register(conn, "ghost", "nowhere", 1, [], 1)
         [claimed] = await leases.claim(conn, worker_id, "ghost", None, 1)
@@ -254,12 +257,16 @@ async def test_recover_stalled_requeues_the_job_of_a_silent_worker(client, backe
     assert response.status_code == 200
     assert response.json() == {"requeued": 1, "failed": 0, "cancelled": 0}
     after = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
-    assert after["status"] == "queued"
-    attempts = (await client.get(f"/api/v1/jobs/{job['id']}/history")).json()["attempts"]
-    assert [a["outcome"] for a in attempts] == ["lost"]
+    # A lost attempt is a failed attempt: the job's retry policy spaces the next one.
+    assert after["status"] == "scheduled"
+    wait = datetime.fromisoformat(after["scheduled_at"]) - datetime.now(UTC)
+    assert 55 < wait.total_seconds() <= 60, wait
+    assert after["error"]["type"] == "WorkerLost"
+    attempts_seen = (await client.get(f"/api/v1/jobs/{job['id']}/history")).json()["attempts"]
+    assert [a["outcome"] for a in attempts_seen] == ["lost"]
     async with backend.connection() as conn:
-        late = leases.AttemptOutcome.of(claimed.attempt_id, "succeeded", {"late": True})
-        assert claimed.attempt_id not in await leases.finish_many(conn, [late])
+        late = attempts.Ending.of(claimed.attempt_id, outcome.Succeeded({"late": True}))
+        assert claimed.attempt_id not in await attempts.finish(conn, [late])
     assert (await client.get(f"/api/v1/jobs/{job['id']}")).json()["result"] is None
 
 
@@ -269,3 +276,46 @@ async def test_backoff_fields_are_checked(client):
     assert response.status_code == 422
     fields = {e["field"] for e in response.json()["errors"]}
     assert fields == {"backoff.base_seconds", "backoff.jitter"}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"type": "system.noop", "priority": "1"}, "priority"),
+        ({"type": "system.noop", "run_at": 123}, "run_at"),
+        ({"type": "system.noop", "max_attempts": "3"}, "max_attempts"),
+        ({"type": "system.sleep", "payload": {"seconds": "1"}}, "payload.seconds"),
+        ({"type": "system.noop", "backoff": {"base": 1}}, "backoff"),
+    ],
+)
+async def test_json_types_are_strict(client, body, field):
+    # A string is not a number, nor a number a date: no silent coercion.
+    response = await client.post("/api/v1/jobs", json=body)
+    assert response.status_code == 422, response.text
+    assert field in [e["field"] for e in response.json()["errors"]]
+    assert (await client.get("/api/v1/jobs")).json()["items"] == []
+
+
+async def test_batch_json_types_are_strict_and_name_the_job(client):
+    response = await client.post("/api/v1/jobs/batch", json={
+        "jobs": [{"type": "system.noop"}, {"type": "system.noop", "priority": "2"}]})
+    assert response.status_code == 422, response.text
+    assert "jobs[1].priority" in [e["field"] for e in response.json()["errors"]]
+
+
+async def test_a_second_queued_job_with_the_same_queueing_lock_is_a_409(client):
+    body = {"type": "system.noop", "queueing_lock": "nightly-report", "lock": "reports"}
+    first = await client.post("/api/v1/jobs", json=body)
+    assert first.status_code == 201, first.text
+    second = await client.post("/api/v1/jobs", json=body)
+    assert second.status_code == 409, second.text
+    assert "queueing_lock" in second.json()["detail"]
+    assert len((await client.get("/api/v1/jobs")).json()["items"]) == 1
+
+
+async def test_the_submit_body_is_documented_in_the_openapi_schema(client):
+    schema = (await client.get("/schema/openapi.json")).json()
+    body = schema["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    ref = body["schema"]["$ref"].rsplit("/", 1)[-1]
+    properties = schema["components"]["schemas"][ref]["properties"]
+    assert {"type", "payload", "priority", "run_at", "backoff", "lock"} <= properties.keys()

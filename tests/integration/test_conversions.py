@@ -13,7 +13,7 @@ from service.api.app import create_app
 from service.settings import Settings
 from tests.integration.test_worker import eventually, history, status_is
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"  # see tests/corpus/NOTICE
 
 
 def parts(*names: str) -> list[tuple[str, tuple[str, bytes, str]]]:

@@ -7,16 +7,17 @@ import asyncio
 
 import pytest
 
-from service import jobs
+from service import attempts, jobs
 from service.backend import Backend
+from service.domain import jobtypes
 from service.settings import Settings
-from workers import leases, runtime
+from workers import runtime
 from workers.tasks import system
 
 
 async def _queued(backend: Backend, count: int) -> list:
     async with backend.transaction() as conn:
-        return await jobs.enqueue(conn, [jobs.JobRequest(type="system.noop")] * count)
+        return await jobs.enqueue(conn, [jobs.JobRequest(type=jobtypes.SYSTEM_NOOP.name)] * count)
 
 
 async def _statuses(backend: Backend) -> dict[str, int]:
@@ -43,21 +44,22 @@ async def _run_until(worker: runtime.Worker, backend: Backend, count: int) -> No
 
 @pytest.fixture
 def worker(backend: Backend, settings: Settings) -> runtime.Worker:
-    return runtime.Worker(backend, settings, {"system.noop": system.noop}, name="finisher-test")
+    return runtime.Worker(backend, settings, {jobtypes.SYSTEM_NOOP.name: system.noop},
+                          name="finisher-test")
 
 
 async def test_outcomes_survive_an_unexpected_error_of_the_batch_write(
         backend, worker, monkeypatch):
-    real = leases.finish_many
+    real = attempts.finish
     failures = []
 
-    async def flaky(conn, outcomes):
+    async def flaky(conn, outcomes, lost=False):
         if not failures:  # the first write fails with an error that is not a lost connection
             failures.append(len(outcomes))
             raise RuntimeError("not the connection")
-        return await real(conn, outcomes)
+        return await real(conn, outcomes, lost)
 
-    monkeypatch.setattr(leases, "finish_many", flaky)
+    monkeypatch.setattr(attempts, "finish", flaky)
     await _queued(backend, 30)
     await _run_until(worker, backend, 30)
     assert failures, "the failure was never injected"
@@ -68,19 +70,19 @@ async def test_outcomes_survive_an_unexpected_error_of_the_batch_write(
 
 
 async def test_one_bad_outcome_does_not_hold_back_the_others(backend, worker, monkeypatch):
-    real = leases.finish_many
+    real = attempts.finish
     blocked: set[int] = set()
     calls = []
 
-    async def refuses_one(conn, outcomes):
+    async def refuses_one(conn, outcomes, lost=False):
         calls.append(len(outcomes))
         if not blocked:
             blocked.add(outcomes[0].attempt_id)
         if blocked & {o.attempt_id for o in outcomes}:
             raise RuntimeError("this outcome cannot be written yet")
-        return await real(conn, outcomes)
+        return await real(conn, outcomes, lost)
 
-    monkeypatch.setattr(leases, "finish_many", refuses_one)
+    monkeypatch.setattr(attempts, "finish", refuses_one)
     await _queued(backend, 20)
     task = asyncio.create_task(worker.run())
     try:

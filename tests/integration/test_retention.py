@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from service import jobs, retention
+from service.domain import jobtypes
 
 
 async def _count(backend, table: str) -> int:
@@ -14,7 +15,7 @@ async def _count(backend, table: str) -> int:
 
 async def test_purge_deletes_finished_jobs_in_batches_and_keeps_the_rest(backend):
     async with backend.transaction() as conn:
-        ids = await jobs.enqueue(conn, [jobs.JobRequest(type="system.noop")] * 7)
+        ids = await jobs.enqueue(conn, [jobs.JobRequest(type=jobtypes.SYSTEM_NOOP.name)] * 7)
         # Five finished a day ago, one finished just now, one still queued.
         await conn.execute(
             "UPDATE procrastinate_jobs SET status = 'succeeded' WHERE id IN "

@@ -14,6 +14,7 @@ import pytest
 
 from service import jobs
 from service.backend import Backend
+from service.domain import jobtypes
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +114,7 @@ async def test_job_enqueued_in_a_rolled_back_transaction_never_runs(
 
     with pytest.raises(Rollback):
         async with backend.transaction() as conn:
-            await jobs.enqueue(conn, [jobs.JobRequest(type="system.noop")])
+            await jobs.enqueue(conn, [jobs.JobRequest(type=jobtypes.SYSTEM_NOOP.name)])
             raise Rollback
     marker = await submit(client)
     start_worker()

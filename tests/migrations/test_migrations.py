@@ -62,7 +62,7 @@ async def test_each_revision_downgrades_to_its_predecessor(server_url: str):
     url = await new_database(server_url, "jobq_migrations")
     try:
         await asyncio.to_thread(migrate.upgrade, url)
-        for target in ("0005", "0004", "0003", "0002", "0001", "base"):
+        for target in ("0008", "0007", "0006", "0005", "0004", "0003", "0002", "0001", "base"):
             await asyncio.to_thread(migrate.downgrade, url, target)
         assert await _tables(url) == set()
     finally:

@@ -19,10 +19,10 @@ from service import errors
 from service.domain import formats
 from workers import convert
 
-# The repo is /work/main and the corpus /work/shared/corpus: parents[3] of this file is /work.
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
+# Real models carried by the repository (sources and licences in tests/corpus/NOTICE).
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 
-# One upload each, from shared/corpus/INDEX.md: every model that loads, sidecars included.
+# One upload each, from tests/corpus (see its NOTICE): every model that loads, sidecars included.
 MESHES = [
     ["20mm-xyz-cube.stl"], ["Duck.glb"], ["P_XPM_0331_01.3mf"], ["TestScene.gltf", "TestScene.bin"],
     ["ballA.off"], ["bunny.ply"], ["busted.STL"], ["comments.off"], ["cube.OBJ"],

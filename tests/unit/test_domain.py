@@ -11,6 +11,7 @@ from service import errors
 from service.domain import jobtypes
 from service.domain.retry import RetryPolicy
 from service.domain.status import Status
+from service.settings import Settings
 
 
 def test_sleep_payload_fills_defaults():
@@ -83,3 +84,11 @@ def test_a_job_can_override_base_cap_and_jitter():
     assert [own.delay(n).total_seconds() for n in (1, 2, 3)] == [3, 6, 10]
     assert policy.with_backoff(None) is policy
     assert policy.with_backoff({"jitter": 0}).base == timedelta(seconds=1)
+
+
+def test_the_worker_runs_exactly_the_declared_job_types():
+    # The handlers are keyed by the declarations' names: none undeclared, none missing.
+    from workers import app as worker_app
+
+    handlers = worker_app.make_handlers(Settings(), pool=None)
+    assert handlers.keys() == jobtypes.REGISTRY.keys()

@@ -17,7 +17,7 @@ from service import errors
 from workers import convert, sandbox
 from workers.sandbox import Sandbox
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"  # see tests/corpus/NOTICE
 MEMORY_MB = 512
 
 

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from service.settings import SettingsError, load_settings
+from service.settings import (
+    KNOWN_VARIABLES,
+    Settings,
+    SettingsError,
+    apply_flags,
+    load_settings,
+    markdown_table,
+)
 
 
 def test_defaults_without_environment():
@@ -48,3 +59,73 @@ def test_bad_value_names_its_variable(env, name):
 
 def test_unknown_jobq_variables_are_kept_for_a_warning():
     assert load_settings({"JOBQ_PROT": "1"}).extra == {"JOBQ_PROT": "1"}
+
+
+def test_the_readme_holds_exactly_the_generated_table_of_variables():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = markdown_table()
+    assert table in readme, "README is stale: paste `python -m service.settings --markdown`"
+    # No stale row left over beside it: each variable is named in one row of the README.
+    for name in KNOWN_VARIABLES:
+        rows = [line for line in readme.splitlines() if line.startswith(f"| `{name}`")]
+        assert len(rows) == 1, (name, rows)
+
+
+def test_every_setting_is_read_from_its_variable():
+    # Each declared variable changes its field: none is declared but never read.
+    changed = load_settings({
+        "DATABASE_URL": "postgresql://u@h/db", "JOBQ_DATA_DIR": "/d", "JOBQ_HOST": "0.0.0.0",
+        "JOBQ_PORT": "1", "JOBQ_POOL_SIZE": "7", "JOBQ_WORKER_CONCURRENCY": "3",
+        "JOBQ_WORKER_QUEUES": "a", "JOBQ_HEARTBEAT_SECONDS": "2",
+        "JOBQ_STALL_TIMEOUT_SECONDS": "9", "JOBQ_SHUTDOWN_GRACE_SECONDS": "4",
+        "JOBQ_POLL_SECONDS": "3", "JOBQ_PROGRESS_INTERVAL_SECONDS": "1",
+        "JOBQ_MAX_BODY_BYTES": "5", "JOBQ_MAX_UPLOAD_BYTES": "6",
+        "JOBQ_CONVERSION_PROCESSES": "1", "JOBQ_CONVERSION_MEMORY_MB": "300",
+    })
+    default = Settings()
+    assert changed.extra == {}
+    same = [f.name for f in dataclasses.fields(Settings)
+            if f.name != "extra" and getattr(changed, f.name) == getattr(default, f.name)]
+    assert same == []
+
+
+def test_the_pool_size_default_is_the_one_documented():
+    # The docstring once said 10 while the value was 20: now both come from one declaration.
+    assert f"| `JOBQ_POOL_SIZE` | `{Settings().pool_size}` |" in markdown_table()
+
+
+def test_markdown_generator_runs_as_a_module():
+    out = subprocess.run([sys.executable, "-m", "service.settings", "--markdown"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out == markdown_table()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"JOBQ_HEARTBEAT_SECONDS": "15"},
+         "JOBQ_STALL_TIMEOUT_SECONDS (30) must be more than 2 x JOBQ_HEARTBEAT_SECONDS (15)"),
+        ({"JOBQ_STALL_TIMEOUT_SECONDS": "1", "JOBQ_HEARTBEAT_SECONDS": "0.5"},
+         "must be more than 2 x"),
+        ({"JOBQ_POOL_SIZE": "3"}, "JOBQ_POOL_SIZE (3) must be at least 4"),
+    ],
+)
+def test_settings_that_disagree_stop_with_one_line(env, message):
+    with pytest.raises(SettingsError, match=re.escape(message)) as caught:
+        load_settings(env)
+    assert "\n" not in str(caught.value)
+
+
+def test_settings_built_in_code_are_checked_too():
+    with pytest.raises(SettingsError, match="JOBQ_WORKER_CONCURRENCY"):
+        Settings(worker_concurrency=0)
+
+
+def test_flags_override_variables_and_are_checked_like_them():
+    settings = apply_flags(load_settings({"JOBQ_PORT": "9000"}),
+                           {"port": "9100", "queues": "a,b", "concurrency": None})
+    assert (settings.port, settings.worker_queues) == (9100, ("a", "b"))
+    with pytest.raises(SettingsError, match=r"JOBQ_WORKER_CONCURRENCY \(--concurrency\)"):
+        apply_flags(settings, {"concurrency": "0"})
+    with pytest.raises(SettingsError, match=r"JOBQ_PORT \(--port\) must be a whole number"):
+        apply_flags(settings, {"port": "eighty"})

@@ -14,9 +14,9 @@ import msgspec
 from service import conversions, errors
 from service.domain.jobtypes import ConvertPayload
 from service.storage import FileInfo, PostgresFileStore
-from workers import convert, sandbox
+from workers import convert, leases, sandbox
+from workers.outcomes import Handler
 from workers.progress import JobRun
-from workers.runtime import Handler
 
 
 def cache_key(inputs: list[FileInfo], payload: ConvertPayload) -> str:
@@ -52,8 +52,7 @@ def make_handler(pool: sandbox.Sandbox) -> Handler:
                                         folder / "out", timeout=run.timeout,
                                         on_progress=report)
             except sandbox.SandboxTimeout:
-                raise errors.PermanentJobError(
-                    f"The conversion ran longer than {run.timeout:g} s and was stopped.") from None
+                raise errors.JobTimeout(run.timeout) from None
             except sandbox.SandboxCrashed as exc:
                 raise convert.InvalidMesh(str(exc)) from None
             await run.progress(90, stage="saving")
@@ -84,10 +83,7 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
 
 async def _fenced(run: JobRun, conn) -> None:
     """Lock this attempt's lease for the transaction, or refuse: the job moved elsewhere."""
-    held = await conn.fetchval(
-        "SELECT 1 FROM job_attempts WHERE id = $1 AND finished_at IS NULL FOR UPDATE",
-        run.attempt_id)
-    if not held:
+    if not await leases.hold_lease(conn, run.attempt_id):
         raise errors.PermanentJobError("the lease on this job was lost; output not stored")
 
 

@@ -1,0 +1,1124 @@
+-- The schema of a jobq database at revision 0010, written from a migrated database by
+-- `python -m service.db.schema write`: do not edit by hand. tests/migrations checks that it
+-- is current. Alembic's revisions (migrations/versions) build the database; this file is for
+-- reading, and for copying a function's current text into a new revision.
+-- Objects named procrastinate_* are Procrastinate's (revision 0001), the rest are jobq's.
+
+-- Types -----------------------------------------------------------------------------------------
+
+CREATE TYPE procrastinate_job_event_type AS ENUM ('deferred', 'started', 'deferred_for_retry', 'failed', 'succeeded', 'cancelled', 'abort_requested', 'aborted', 'scheduled', 'retried');
+
+CREATE TYPE procrastinate_job_status AS ENUM ('todo', 'doing', 'succeeded', 'failed', 'cancelled', 'aborting', 'aborted');
+
+CREATE TYPE procrastinate_job_to_defer_v1 AS (
+    queue_name character varying,
+    task_name character varying,
+    priority integer,
+    lock text,
+    queueing_lock text,
+    args jsonb,
+    scheduled_at timestamp with time zone
+);
+
+-- Sequences -------------------------------------------------------------------------------------
+
+CREATE SEQUENCE job_attempts_id_seq;
+
+CREATE SEQUENCE job_events_id_seq;
+
+CREATE SEQUENCE procrastinate_events_id_seq;
+
+CREATE SEQUENCE procrastinate_jobs_id_seq;
+
+CREATE SEQUENCE procrastinate_periodic_defers_id_seq;
+
+CREATE SEQUENCE procrastinate_workers_id_seq;
+
+-- Tables ----------------------------------------------------------------------------------------
+
+CREATE TABLE conversion_cache (
+    key character varying(64) NOT NULL,
+    output_file_id uuid NOT NULL,
+    result jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT pk_conversion_cache PRIMARY KEY (key),
+    CONSTRAINT fk_conversion_cache_output_file_id_files FOREIGN KEY (output_file_id) REFERENCES files(id) ON DELETE CASCADE
+);
+CREATE INDEX ix_conversion_cache_output_file_id ON public.conversion_cache USING btree (output_file_id);
+
+CREATE TABLE file_chunks (
+    file_id uuid NOT NULL,
+    seq integer NOT NULL,
+    data bytea NOT NULL,
+    CONSTRAINT pk_file_chunks PRIMARY KEY (file_id, seq),
+    CONSTRAINT fk_file_chunks_file_id_files FOREIGN KEY (file_id) REFERENCES files(id) ON DELETE CASCADE
+);
+ALTER TABLE file_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+
+CREATE TABLE files (
+    id uuid NOT NULL,
+    name text NOT NULL,
+    content_type text NOT NULL,
+    size bigint NOT NULL,
+    sha256 character varying(64) NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT pk_files PRIMARY KEY (id)
+);
+CREATE INDEX ix_files_sha256 ON public.files USING btree (sha256);
+
+CREATE TABLE job_attempts (
+    id bigint DEFAULT nextval('job_attempts_id_seq'::regclass) NOT NULL,
+    job_id uuid NOT NULL,
+    number integer NOT NULL,
+    worker_id bigint,
+    worker_name text,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone,
+    outcome character varying(16),
+    error jsonb,
+    CONSTRAINT pk_job_attempts PRIMARY KEY (id),
+    CONSTRAINT fk_job_attempts_job_id_jobs FOREIGN KEY (job_id) REFERENCES jobs(id) ON DELETE CASCADE
+);
+CREATE UNIQUE INDEX ix_job_attempts_job_id_number ON public.job_attempts USING btree (job_id, number);
+CREATE UNIQUE INDEX uq_job_attempts_open_per_job ON public.job_attempts USING btree (job_id) WHERE (finished_at IS NULL);
+
+CREATE TABLE job_events (
+    id bigint DEFAULT nextval('job_events_id_seq'::regclass) NOT NULL,
+    job_id uuid NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    event character varying(32) NOT NULL,
+    attempt integer,
+    worker_name text,
+    message text,
+    error jsonb,
+    CONSTRAINT pk_job_events PRIMARY KEY (id),
+    CONSTRAINT fk_job_events_job_id_jobs FOREIGN KEY (job_id) REFERENCES jobs(id) ON DELETE CASCADE
+);
+CREATE INDEX ix_job_events_job_id_id ON public.job_events USING btree (job_id, id);
+
+CREATE TABLE job_files (
+    job_id uuid NOT NULL,
+    role character varying(16) NOT NULL,
+    "position" integer NOT NULL,
+    file_id uuid NOT NULL,
+    CONSTRAINT pk_job_files PRIMARY KEY (job_id, role, "position"),
+    CONSTRAINT fk_job_files_file_id_files FOREIGN KEY (file_id) REFERENCES files(id),
+    CONSTRAINT fk_job_files_job_id_jobs FOREIGN KEY (job_id) REFERENCES jobs(id) ON DELETE CASCADE
+);
+CREATE INDEX ix_job_files_file_id ON public.job_files USING btree (file_id);
+
+CREATE TABLE jobs (
+    id uuid NOT NULL,
+    queue_job_id bigint NOT NULL,
+    payload jsonb NOT NULL,
+    max_attempts integer NOT NULL,
+    timeout_seconds double precision NOT NULL,
+    callback_url text,
+    idempotency_key character varying(255),
+    request_fingerprint character varying(64),
+    progress smallint DEFAULT 0 NOT NULL,
+    stage text,
+    progress_message text,
+    progress_updated_at timestamp with time zone,
+    result jsonb,
+    error jsonb,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    backoff jsonb,
+    CONSTRAINT pk_jobs PRIMARY KEY (id),
+    CONSTRAINT uq_jobs_idempotency_key UNIQUE (idempotency_key),
+    CONSTRAINT uq_jobs_queue_job_id UNIQUE (queue_job_id),
+    CONSTRAINT fk_jobs_queue_job_id_procrastinate_jobs FOREIGN KEY (queue_job_id) REFERENCES procrastinate_jobs(id) ON DELETE CASCADE,
+    CONSTRAINT ck_jobs_max_attempts_positive CHECK (max_attempts >= 1),
+    CONSTRAINT ck_jobs_progress_percent CHECK (progress >= 0 AND progress <= 100)
+);
+CREATE INDEX ix_jobs_created_at_id ON public.jobs USING btree (created_at, id);
+
+CREATE TABLE procrastinate_events (
+    id bigint DEFAULT nextval('procrastinate_events_id_seq'::regclass) NOT NULL,
+    job_id bigint NOT NULL,
+    type procrastinate_job_event_type,
+    at timestamp with time zone DEFAULT now(),
+    CONSTRAINT procrastinate_events_pkey PRIMARY KEY (id),
+    CONSTRAINT procrastinate_events_job_id_fkey FOREIGN KEY (job_id) REFERENCES procrastinate_jobs(id) ON DELETE CASCADE
+);
+CREATE INDEX procrastinate_events_job_id_fkey_v1 ON public.procrastinate_events USING btree (job_id);
+
+CREATE TABLE procrastinate_jobs (
+    id bigint DEFAULT nextval('procrastinate_jobs_id_seq'::regclass) NOT NULL,
+    queue_name character varying(128) NOT NULL,
+    task_name character varying(128) NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    lock text,
+    queueing_lock text,
+    args jsonb DEFAULT '{}'::jsonb NOT NULL,
+    status procrastinate_job_status DEFAULT 'todo'::procrastinate_job_status NOT NULL,
+    scheduled_at timestamp with time zone,
+    attempts integer DEFAULT 0 NOT NULL,
+    abort_requested boolean DEFAULT false NOT NULL,
+    worker_id bigint,
+    CONSTRAINT procrastinate_jobs_pkey PRIMARY KEY (id),
+    CONSTRAINT procrastinate_jobs_worker_id_fkey FOREIGN KEY (worker_id) REFERENCES procrastinate_workers(id) ON DELETE SET NULL,
+    CONSTRAINT check_not_todo_abort_requested CHECK (NOT (status = 'todo'::procrastinate_job_status AND abort_requested = true))
+);
+CREATE INDEX idx_procrastinate_jobs_worker_not_null ON public.procrastinate_jobs USING btree (worker_id) WHERE ((worker_id IS NOT NULL) AND (status = 'doing'::procrastinate_job_status));
+CREATE INDEX ix_procrastinate_jobs_queue_status ON public.procrastinate_jobs USING btree (queue_name, status);
+CREATE INDEX procrastinate_jobs_id_lock_idx_v1 ON public.procrastinate_jobs USING btree (id, lock) WHERE (status = ANY (ARRAY['todo'::procrastinate_job_status, 'doing'::procrastinate_job_status]));
+CREATE UNIQUE INDEX procrastinate_jobs_lock_idx_v1 ON public.procrastinate_jobs USING btree (lock) WHERE (status = 'doing'::procrastinate_job_status);
+CREATE INDEX procrastinate_jobs_priority_idx_v1 ON public.procrastinate_jobs USING btree (priority DESC, id) WHERE (status = 'todo'::procrastinate_job_status);
+CREATE INDEX procrastinate_jobs_queue_name_idx_v1 ON public.procrastinate_jobs USING btree (queue_name);
+CREATE UNIQUE INDEX procrastinate_jobs_queueing_lock_idx_v1 ON public.procrastinate_jobs USING btree (queueing_lock) WHERE (status = 'todo'::procrastinate_job_status);
+
+CREATE TABLE procrastinate_periodic_defers (
+    id bigint DEFAULT nextval('procrastinate_periodic_defers_id_seq'::regclass) NOT NULL,
+    task_name character varying(128) NOT NULL,
+    defer_timestamp bigint,
+    job_id bigint,
+    periodic_id character varying(128) DEFAULT ''::character varying NOT NULL,
+    CONSTRAINT procrastinate_periodic_defers_pkey PRIMARY KEY (id),
+    CONSTRAINT procrastinate_periodic_defers_unique UNIQUE (task_name, periodic_id, defer_timestamp),
+    CONSTRAINT procrastinate_periodic_defers_job_id_fkey FOREIGN KEY (job_id) REFERENCES procrastinate_jobs(id)
+);
+CREATE INDEX procrastinate_periodic_defers_job_id_fkey_v1 ON public.procrastinate_periodic_defers USING btree (job_id);
+
+CREATE TABLE procrastinate_workers (
+    id bigint GENERATED ALWAYS AS IDENTITY NOT NULL,
+    last_heartbeat timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT procrastinate_workers_pkey PRIMARY KEY (id)
+);
+CREATE INDEX idx_procrastinate_workers_last_heartbeat ON public.procrastinate_workers USING btree (last_heartbeat);
+
+CREATE TABLE queues (
+    name character varying(128) NOT NULL,
+    paused boolean DEFAULT false NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT pk_queues PRIMARY KEY (name)
+);
+
+CREATE TABLE workers (
+    id bigint NOT NULL,
+    name text NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    queues text[] NOT NULL,
+    concurrency integer NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT pk_workers PRIMARY KEY (id),
+    CONSTRAINT fk_workers_id_procrastinate_workers FOREIGN KEY (id) REFERENCES procrastinate_workers(id) ON DELETE CASCADE
+);
+
+-- Views -----------------------------------------------------------------------------------------
+
+CREATE VIEW job_overview AS
+ SELECT j.id,
+    pj.task_name AS type,
+    pj.queue_name AS queue,
+        CASE
+            WHEN pj.status = 'todo'::procrastinate_job_status AND pj.scheduled_at > now() THEN 'scheduled'::text
+            WHEN pj.status = 'todo'::procrastinate_job_status THEN 'queued'::text
+            WHEN pj.status = ANY (ARRAY['doing'::procrastinate_job_status, 'aborting'::procrastinate_job_status]) THEN 'running'::text
+            WHEN pj.status = 'succeeded'::procrastinate_job_status THEN 'succeeded'::text
+            WHEN pj.status = 'failed'::procrastinate_job_status THEN 'failed'::text
+            ELSE 'cancelled'::text
+        END AS status,
+    pj.priority,
+    j.progress,
+    j.stage,
+    j.progress_message,
+    j.progress_updated_at,
+    pj.attempts +
+        CASE
+            WHEN pj.status = 'doing'::procrastinate_job_status THEN 1
+            ELSE 0
+        END AS attempts,
+    j.max_attempts,
+    j.timeout_seconds,
+    j.payload,
+    j.result,
+    j.error,
+    j.callback_url,
+    j.idempotency_key,
+    pj.abort_requested AS cancel_requested,
+    j.created_at,
+    COALESCE(pj.scheduled_at, j.created_at) AS scheduled_at,
+    ( SELECT a.started_at
+           FROM job_attempts a
+          WHERE a.job_id = j.id
+          ORDER BY a.number
+         LIMIT 1) AS started_at,
+        CASE
+            WHEN pj.status = ANY (ARRAY['succeeded'::procrastinate_job_status, 'failed'::procrastinate_job_status, 'cancelled'::procrastinate_job_status, 'aborted'::procrastinate_job_status]) THEN ( SELECT max(e.at) AS max
+               FROM job_events e
+              WHERE e.job_id = j.id)
+            ELSE NULL::timestamp with time zone
+        END AS finished_at,
+    pj.id AS queue_job_id,
+    pj.worker_id
+   FROM jobs j
+     JOIN procrastinate_jobs pj ON pj.id = j.queue_job_id;
+
+-- Functions -------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION public.jobq_cancel_job(p_job_id uuid, OUT verdict text, OUT prior_status text)
+ RETURNS record
+ LANGUAGE plpgsql
+AS $function$
+-- A client cancels a job. Queued or scheduled: cancelled now (verdict 'cancelled'). Running:
+-- its worker is asked to stop it ('cancel_requested'; Procrastinate's trigger notifies the
+-- worker, and jobq_finish_attempts records the attempt as cancelled); asked already:
+-- 'unchanged'. Finished: 'refused'. No such job: both NULL. prior_status: the public status
+-- the job had.
+DECLARE
+    r record;
+BEGIN
+    SELECT * INTO r FROM jobq_lock_job(p_job_id);
+    IF r.queue_job_id IS NULL THEN
+        RETURN;
+    END IF;
+    prior_status := r.status;
+    IF r.status NOT IN ('queued', 'scheduled', 'running') THEN
+        verdict := 'refused';
+    ELSIF r.abort_requested THEN
+        verdict := 'unchanged';
+    ELSE
+        PERFORM procrastinate_cancel_job_v1(r.queue_job_id, true, false);
+        verdict := CASE WHEN r.status = 'running' THEN 'cancel_requested' ELSE 'cancelled' END;
+        INSERT INTO job_events (job_id, event, message)
+        VALUES (p_job_id, verdict, 'cancelled by a client');
+    END IF;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_claim_jobs(p_queues character varying[], p_worker_id bigint, p_worker_name text, p_limit integer)
+ RETURNS TABLE(attempt_id bigint, job_id uuid, attempt integer, budget_attempt integer, task_name character varying, queue_name character varying, payload jsonb, max_attempts integer, timeout_seconds double precision, backoff jsonb)
+ LANGUAGE plpgsql
+ SET enable_sort TO 'off'
+ SET jit TO 'off'
+AS $function$
+#variable_conflict use_column
+DECLARE
+    v_ids bigint[];
+BEGIN
+    -- Procrastinate's fetch order and lock rules (priority, then age; a job waits while an
+    -- earlier or higher-priority job with its lock is queued or running), paused queues skipped.
+    -- The checks are written so that they cannot become joins: evaluated row by row along the
+    -- priority index, they stop at the limit, whatever the statistics say.
+    SELECT array_agg(c.id) INTO v_ids FROM (
+        SELECT pj.id
+        FROM procrastinate_jobs AS pj
+        WHERE pj.status = 'todo'
+          AND (p_queues IS NULL OR pj.queue_name = ANY (p_queues))
+          AND (pj.scheduled_at IS NULL OR pj.scheduled_at <= now())
+          AND (SELECT true FROM jobs AS j WHERE j.queue_job_id = pj.id)
+          AND NOT coalesce((SELECT q.paused FROM queues AS q WHERE q.name = pj.queue_name),
+                           false)
+          AND (pj.lock IS NULL OR NOT EXISTS (
+              SELECT 1 FROM procrastinate_jobs AS other
+              WHERE other.lock = pj.lock
+                AND (other.status = 'doing'
+                     OR (other.status = 'todo'
+                         AND (other.priority > pj.priority
+                              OR (other.priority = pj.priority AND other.id < pj.id))))
+          ))
+        ORDER BY pj.priority DESC, pj.id ASC
+        LIMIT p_limit
+        FOR UPDATE OF pj SKIP LOCKED
+    ) AS c;
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+    -- Each claimed job gets an open attempt: its id is the lease's fencing token. Every step
+    -- looks its rows up by the claimed ids.
+    RETURN QUERY
+    WITH claimed AS (
+        UPDATE procrastinate_jobs AS pj
+        SET status = 'doing', worker_id = p_worker_id
+        WHERE pj.id = ANY (v_ids)
+        RETURNING pj.id, pj.task_name, pj.queue_name, pj.attempts, pj.priority
+    ), owned AS (
+        SELECT j.id, j.queue_job_id, j.payload, j.max_attempts, j.timeout_seconds, j.backoff
+        FROM jobs AS j WHERE j.queue_job_id = ANY (v_ids)
+    ), opened AS (
+        INSERT INTO job_attempts (job_id, number, worker_id, worker_name)
+        SELECT w.id,
+               COALESCE((SELECT max(a.number) FROM job_attempts AS a WHERE a.job_id = w.id), 0) + 1,
+               p_worker_id, p_worker_name
+        FROM owned AS w
+        RETURNING id, job_id, number
+    ), logged AS (
+        INSERT INTO job_events (job_id, event, attempt, worker_name)
+        SELECT o.job_id, 'started', o.number, p_worker_name FROM opened AS o
+    )
+    SELECT o.id, o.job_id, o.number, c.attempts + 1, c.task_name, c.queue_name,
+           w.payload, w.max_attempts, w.timeout_seconds, w.backoff
+    FROM opened AS o
+    JOIN owned AS w ON w.id = o.job_id
+    JOIN claimed AS c ON c.id = w.queue_job_id
+    ORDER BY c.priority DESC, c.id ASC;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_delete_job(p_job_id uuid, OUT verdict text, OUT prior_status text)
+ RETURNS record
+ LANGUAGE plpgsql
+AS $function$
+-- A client deletes a finished job with everything recorded about it ('deleted'); a queued,
+-- scheduled or running job is 'refused'. No such job: both NULL.
+DECLARE
+    r record;
+BEGIN
+    SELECT * INTO r FROM jobq_lock_job(p_job_id);
+    IF r.queue_job_id IS NULL THEN
+        RETURN;
+    END IF;
+    prior_status := r.status;
+    IF r.status NOT IN ('succeeded', 'failed', 'cancelled') THEN
+        verdict := 'refused';
+        RETURN;
+    END IF;
+    -- Our rows (job, attempts, events, file links) follow through ON DELETE CASCADE.
+    DELETE FROM procrastinate_jobs WHERE id = r.queue_job_id;
+    verdict := 'deleted';
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_finish_attempts(p_attempt_ids bigint[], p_outcomes text[], p_results text[], p_errors text[], p_retry_at timestamp with time zone[], p_lost boolean DEFAULT false)
+ RETURNS TABLE(attempt_id bigint, outcome text)
+ LANGUAGE plpgsql
+ SET jit TO 'off'
+ SET plan_cache_mode TO 'force_generic_plan'
+AS $function$
+#variable_conflict use_column
+-- Record how many attempts ended and move their jobs on, in a handful of statements whatever
+-- the batch size: per attempt its row, the queue row, our job row and an event. The outcomes
+-- are decided by the caller (service/domain/outcome.py), with one exception decided here, at
+-- the moment of writing and under the job's lock: a job a client asked to cancel
+-- (abort_requested) is never run again, so an outcome that would requeue it (retry,
+-- interrupted, any outcome of a lost attempt) is recorded as cancelled.
+-- Fenced: an attempt no longer open changes nothing and is not returned. The others are
+-- returned with the outcome recorded. p_lost: the attempts' worker is gone (recovery): they
+-- are recorded as `lost` and their job moves as the outcome says.
+DECLARE
+    v_applied bigint[];
+    v_outcomes text[];
+    v_requeued_queues varchar[];
+    v_requeued_jobs bigint[];
+    i integer;
+BEGIN
+    IF EXISTS (SELECT 1 FROM unnest(p_outcomes) AS o(outcome)
+               WHERE o.outcome IS NULL
+                  OR o.outcome NOT IN ('succeeded', 'failed', 'retry', 'cancelled',
+                                       'interrupted')) THEN
+        RAISE 'unknown attempt outcome in %', p_outcomes;
+    END IF;
+
+    WITH input AS (
+        SELECT * FROM unnest(p_attempt_ids, p_outcomes, p_results, p_errors, p_retry_at)
+            AS t(attempt_id, outcome, result, error, retry_at)
+    ), fenced AS (
+        SELECT a.id, a.job_id, a.number, a.worker_name
+        FROM job_attempts AS a
+        WHERE a.id = ANY (p_attempt_ids) AND a.finished_at IS NULL
+        ORDER BY a.id
+        FOR UPDATE OF a
+    ), target AS MATERIALIZED (
+        SELECT f.id AS attempt_id, f.job_id, f.number, f.worker_name,
+               pj.id AS queue_job_id, pj.queue_name,
+               CASE WHEN pj.abort_requested AND (p_lost OR i.outcome IN ('retry', 'interrupted'))
+                    THEN 'cancelled' ELSE i.outcome END AS outcome,
+               i.result::jsonb AS result, i.error::jsonb AS error, i.retry_at
+        FROM fenced AS f
+        JOIN input AS i ON i.attempt_id = f.id
+        JOIN jobs AS j ON j.id = f.job_id
+        JOIN procrastinate_jobs AS pj ON pj.id = j.queue_job_id
+        ORDER BY pj.id
+        FOR UPDATE OF pj
+    ), closed AS (
+        UPDATE job_attempts AS a
+        SET finished_at = now(), outcome = CASE WHEN p_lost THEN 'lost' ELSE t.outcome END,
+            error = t.error
+        FROM target AS t WHERE a.id = t.attempt_id
+    ), moved AS (
+        UPDATE procrastinate_jobs AS pj
+        SET status = (CASE t.outcome
+                          WHEN 'succeeded' THEN 'succeeded'
+                          WHEN 'failed' THEN 'failed'
+                          WHEN 'cancelled' THEN 'aborted'
+                          ELSE 'todo'  -- retry, interrupted
+                      END)::procrastinate_job_status,
+            -- an interrupted attempt (worker shutdown) is not counted
+            attempts = pj.attempts + CASE WHEN t.outcome = 'interrupted' THEN 0 ELSE 1 END,
+            abort_requested = CASE WHEN t.outcome IN ('retry', 'interrupted')
+                                   THEN pj.abort_requested ELSE false END,
+            scheduled_at = CASE t.outcome WHEN 'retry' THEN t.retry_at
+                                          WHEN 'interrupted' THEN NULL
+                                          ELSE pj.scheduled_at END,
+            worker_id = CASE WHEN t.outcome IN ('retry', 'interrupted') THEN NULL
+                             ELSE pj.worker_id END
+        FROM target AS t WHERE pj.id = t.queue_job_id
+    ), recorded AS (
+        UPDATE jobs AS j
+        SET result = CASE WHEN t.outcome = 'succeeded' THEN t.result ELSE j.result END,
+            error = CASE WHEN t.outcome = 'succeeded' THEN NULL ELSE t.error END,
+            progress = CASE WHEN t.outcome = 'succeeded' THEN 100 ELSE j.progress END,
+            stage = CASE WHEN t.outcome = 'succeeded' THEN NULL ELSE j.stage END,
+            progress_message = CASE WHEN t.outcome = 'succeeded' THEN NULL
+                                    ELSE j.progress_message END,
+            progress_updated_at = CASE WHEN t.outcome = 'succeeded' THEN now()
+                                       ELSE j.progress_updated_at END
+        FROM target AS t
+        WHERE j.id = t.job_id AND t.outcome IN ('succeeded', 'failed', 'retry')
+    ), logged AS (
+        INSERT INTO job_events (job_id, event, attempt, worker_name, error, message)
+        SELECT t.job_id,
+               CASE t.outcome WHEN 'retry' THEN 'retry_scheduled'
+                              WHEN 'interrupted' THEN 'requeued'
+                              ELSE t.outcome END,
+               t.number, CASE WHEN p_lost THEN NULL ELSE t.worker_name END, t.error,
+               concat_ws('; ',
+                         CASE WHEN p_lost THEN 'recovered from a lost worker' END,
+                         CASE WHEN t.outcome = 'retry'
+                              THEN 'next attempt at ' || t.retry_at::text END)
+        FROM target AS t
+    )
+    SELECT array_agg(t.attempt_id), array_agg(t.outcome),
+           array_agg(t.queue_name) FILTER (WHERE t.outcome IN ('retry', 'interrupted')),
+           array_agg(t.queue_job_id) FILTER (WHERE t.outcome IN ('retry', 'interrupted'))
+    INTO v_applied, v_outcomes, v_requeued_queues, v_requeued_jobs
+    FROM target AS t;
+
+    FOR i IN 1 .. coalesce(cardinality(v_requeued_jobs), 0) LOOP
+        PERFORM jobq_notify_requeued(v_requeued_queues[i], v_requeued_jobs[i]);
+    END LOOP;
+    RETURN QUERY SELECT * FROM unnest(v_applied, v_outcomes);
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_forget_unused_file()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    -- A file goes with the last job that uses it (its chunks and cache entry cascade).
+    DELETE FROM files f
+    WHERE f.id = OLD.file_id
+      AND NOT EXISTS (SELECT 1 FROM job_files jf WHERE jf.file_id = OLD.file_id);
+    RETURN NULL;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_hold_lease(p_attempt_id bigint)
+ RETURNS uuid
+ LANGUAGE sql
+AS $function$
+    -- The job of an attempt that is still open, the attempt locked until the caller's
+    -- transaction ends, so that it cannot be closed (finished, recovered as lost) meanwhile;
+    -- NULL once it is closed: the lease is lost and the caller must write nothing.
+    SELECT a.job_id FROM job_attempts AS a
+    WHERE a.id = p_attempt_id AND a.finished_at IS NULL
+    FOR SHARE
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_lock_job(p_job_id uuid, OUT queue_job_id bigint, OUT queue_name character varying, OUT status text, OUT abort_requested boolean)
+ RETURNS record
+ LANGUAGE sql
+AS $function$
+    -- A job's queue row, locked for the rest of the transaction, with its public status.
+    -- All NULL when there is no such job.
+    SELECT pj.id, pj.queue_name, v.status, pj.abort_requested
+    FROM jobs AS j
+    JOIN procrastinate_jobs AS pj ON pj.id = j.queue_job_id
+    JOIN job_overview AS v ON v.id = j.id
+    WHERE j.id = p_job_id
+    FOR UPDATE OF pj
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_lock_stalled_attempts(p_stall_seconds double precision)
+ RETURNS TABLE(attempt_id bigint, job_id uuid, task_name character varying, budget_attempt integer, max_attempts integer, backoff jsonb)
+ LANGUAGE sql
+AS $function$
+    -- Open attempts whose worker is gone or silent for p_stall_seconds, with what the job's
+    -- retry policy needs. They stay locked until the caller's transaction ends (attempts first,
+    -- in id order, as jobq_finish_attempts locks them), which then records their outcome with
+    -- jobq_finish_attempts(..., p_lost => true). Rows another recovery holds are skipped, so
+    -- any number of recoveries may run at once.
+    SELECT a.id, j.id, pj.task_name, pj.attempts + 1, j.max_attempts, j.backoff
+    FROM procrastinate_jobs AS pj
+    JOIN jobs AS j ON j.queue_job_id = pj.id
+    JOIN job_attempts AS a ON a.job_id = j.id AND a.finished_at IS NULL
+    LEFT JOIN procrastinate_workers AS w ON w.id = pj.worker_id
+    WHERE pj.status = 'doing'
+      AND (w.id IS NULL OR w.last_heartbeat < now() - make_interval(secs => p_stall_seconds))
+    ORDER BY a.id
+    FOR UPDATE OF a SKIP LOCKED
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_notify_requeued(p_queue character varying, p_queue_job_id bigint)
+ RETURNS void
+ LANGUAGE sql
+AS $function$
+    -- The same message Procrastinate's insert trigger sends, so idle workers wake up.
+    SELECT pg_notify(channel, json_build_object('type', 'job_inserted', 'job_id', p_queue_job_id)::text)
+    FROM unnest(ARRAY['procrastinate_queue_v1#' || p_queue, 'procrastinate_any_queue_v1']) AS channel;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_purge_finished(p_older_than interval, p_limit integer)
+ RETURNS integer
+ LANGUAGE sql
+AS $function$
+    -- Delete up to p_limit finished jobs submitted more than p_older_than ago, with their
+    -- history; returns how many. Rows another transaction holds are skipped.
+    WITH doomed AS (
+        SELECT pj.id
+        FROM procrastinate_jobs AS pj
+        JOIN jobs AS j ON j.queue_job_id = pj.id
+        WHERE pj.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
+          AND j.created_at < now() - p_older_than
+        LIMIT p_limit
+        FOR UPDATE OF pj SKIP LOCKED
+    ), gone AS (
+        -- jobs, their attempts, events and file links follow through ON DELETE CASCADE
+        DELETE FROM procrastinate_jobs WHERE id IN (SELECT id FROM doomed) RETURNING id
+    )
+    SELECT count(*)::integer FROM gone
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_report_progress(p_attempt_id bigint, p_percent integer, p_stage text, p_message text)
+ RETURNS boolean
+ LANGUAGE plpgsql
+AS $function$
+-- Store a running job's progress under its attempt's lease; false (and nothing written) once
+-- the lease is lost.
+DECLARE
+    v_job uuid := jobq_hold_lease(p_attempt_id);
+BEGIN
+    IF v_job IS NULL THEN
+        RETURN false;
+    END IF;
+    UPDATE jobs SET progress = p_percent, stage = p_stage, progress_message = p_message,
+                    progress_updated_at = now()
+    WHERE id = v_job;
+    RETURN true;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_retry_job(p_job_id uuid, OUT verdict text, OUT prior_status text)
+ RETURNS record
+ LANGUAGE plpgsql
+AS $function$
+-- A client retries a failed or cancelled job: back to the queue with a fresh attempt budget
+-- ('retried'); any other status: 'refused'. No such job: both NULL. Its attempts and events
+-- stay: job_attempts.number keeps counting across budgets.
+DECLARE
+    r record;
+BEGIN
+    SELECT * INTO r FROM jobq_lock_job(p_job_id);
+    IF r.queue_job_id IS NULL THEN
+        RETURN;
+    END IF;
+    prior_status := r.status;
+    IF r.status NOT IN ('failed', 'cancelled') THEN
+        verdict := 'refused';
+        RETURN;
+    END IF;
+    UPDATE procrastinate_jobs
+    SET status = 'todo', attempts = 0, scheduled_at = NULL, abort_requested = false,
+        worker_id = NULL
+    WHERE id = r.queue_job_id;
+    UPDATE jobs SET progress = 0, stage = NULL, progress_message = NULL, result = NULL
+    WHERE id = p_job_id;
+    INSERT INTO job_events (job_id, event, message)
+    VALUES (p_job_id, 'retried', 'retried by a client with a fresh attempt budget');
+    PERFORM jobq_notify_requeued(r.queue_name, r.queue_job_id);
+    verdict := 'retried';
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_set_queue_paused(p_queue character varying, p_paused boolean)
+ RETURNS void
+ LANGUAGE sql
+AS $function$
+    -- Pause or resume a queue for every worker (jobq_claim_jobs skips paused queues).
+    INSERT INTO queues (name, paused, updated_at) VALUES (p_queue, p_paused, now())
+    ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = now()
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_submit_jobs(p_ids uuid[], p_queues character varying[], p_types character varying[], p_priorities integer[], p_scheduled_at timestamp with time zone[], p_payloads text[], p_max_attempts integer[], p_timeouts double precision[], p_callback_urls text[], p_idempotency_key text, p_fingerprints text[], p_backoffs text[], p_locks text[], p_queueing_locks text[], p_overview boolean)
+ RETURNS SETOF job_overview
+ LANGUAGE plpgsql
+ SET jit TO 'off'
+AS $function$
+DECLARE
+    v_queue_ids bigint[];
+BEGIN
+    -- Procrastinate's own defer: its lock and queueing-lock rules, its NOTIFY at commit. The
+    -- payload is kept once, in jobs.payload.
+    v_queue_ids := procrastinate_defer_jobs_v1(ARRAY(
+        SELECT ROW(u.queue, u.type, u.priority, u.lock, u.queueing_lock, '{}'::jsonb,
+                   u.scheduled_at)::procrastinate_job_to_defer_v1
+        FROM unnest(p_queues, p_types, p_priorities, p_locks, p_queueing_locks, p_scheduled_at)
+            WITH ORDINALITY AS u(queue, type, priority, lock, queueing_lock, scheduled_at, ord)
+        ORDER BY u.ord));
+
+    WITH inserted AS (
+        INSERT INTO jobs (id, queue_job_id, payload, max_attempts, timeout_seconds,
+                          callback_url, idempotency_key, request_fingerprint, backoff)
+        SELECT u.id, u.queue_job_id, u.payload::jsonb, u.max_attempts, u.timeout_seconds,
+               u.callback_url, p_idempotency_key, u.fingerprint, u.backoff::jsonb
+        FROM unnest(p_ids, v_queue_ids, p_payloads, p_max_attempts, p_timeouts,
+                    p_callback_urls, p_fingerprints, p_backoffs)
+            AS u(id, queue_job_id, payload, max_attempts, timeout_seconds, callback_url,
+                 fingerprint, backoff)
+        RETURNING id
+    )
+    INSERT INTO job_events (job_id, event) SELECT id, 'submitted' FROM inserted;
+
+    IF p_overview THEN
+        RETURN QUERY SELECT * FROM job_overview WHERE id = ANY (p_ids);
+    END IF;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.procrastinate_cancel_job_v1(job_id bigint, abort boolean, delete_job boolean)
+ RETURNS bigint
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    _job_id bigint;
+BEGIN
+    IF delete_job THEN
+        DELETE FROM procrastinate_jobs
+        WHERE id = job_id AND status = 'todo'
+        RETURNING id INTO _job_id;
+    END IF;
+    IF _job_id IS NULL THEN
+        IF abort THEN
+            UPDATE procrastinate_jobs
+            SET abort_requested = true,
+                status = CASE status
+                    WHEN 'todo' THEN 'cancelled'::procrastinate_job_status ELSE status
+                END
+            WHERE id = job_id AND status IN ('todo', 'doing')
+            RETURNING id INTO _job_id;
+        ELSE
+            UPDATE procrastinate_jobs
+            SET status = 'cancelled'::procrastinate_job_status
+            WHERE id = job_id AND status = 'todo'
+            RETURNING id INTO _job_id;
+        END IF;
+    END IF;
+    RETURN _job_id;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.procrastinate_defer_jobs_v1(jobs procrastinate_job_to_defer_v1[])
+ RETURNS bigint[]
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    job_ids bigint[];
+BEGIN
+    WITH inserted_jobs AS (
+        INSERT INTO procrastinate_jobs (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at)
+        SELECT (job).queue_name,
+               (job).task_name,
+               (job).priority,
+               (job).lock,
+               (job).queueing_lock,
+               (job).args,
+               (job).scheduled_at
+        FROM unnest(jobs) AS job
+        RETURNING id
+    )
+    SELECT array_agg(id) FROM inserted_jobs INTO job_ids;
+
+    RETURN job_ids;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.procrastinate_defer_periodic_job_v2(_queue_name character varying, _lock character varying, _queueing_lock character varying, _task_name character varying, _priority integer, _periodic_id character varying, _defer_timestamp bigint, _args jsonb)
+ RETURNS bigint
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+	_job_id bigint;
+	_defer_id bigint;
+BEGIN
+    INSERT
+        INTO procrastinate_periodic_defers (task_name, periodic_id, defer_timestamp)
+        VALUES (_task_name, _periodic_id, _defer_timestamp)
+        ON CONFLICT DO NOTHING
+        RETURNING id into _defer_id;
+
+    IF _defer_id IS NULL THEN
+        RETURN NULL;
+    END IF;
+
+    UPDATE procrastinate_periodic_defers
+        SET job_id = (
+            SELECT COALESCE((
+                SELECT unnest(procrastinate_defer_jobs_v1(
+                    ARRAY[
+                        ROW(
+                            _queue_name,
+                            _task_name,
+                            _priority,
+                            _lock,
+                            _queueing_lock,
+                            _args,
+                            NULL::timestamptz
+                        )
+                    ]::procrastinate_job_to_defer_v1[]
+                ))
+            ), NULL)
+        )
+        WHERE id = _defer_id
+        RETURNING job_id INTO _job_id;
+
+    DELETE
+        FROM procrastinate_periodic_defers
+        USING (
+            SELECT id
+            FROM procrastinate_periodic_defers
+            WHERE procrastinate_periodic_defers.task_name = _task_name
+            AND procrastinate_periodic_defers.periodic_id = _periodic_id
+            AND procrastinate_periodic_defers.defer_timestamp < _defer_timestamp
+            ORDER BY id
+            FOR UPDATE
+        ) to_delete
+        WHERE procrastinate_periodic_defers.id = to_delete.id;
+
+    RETURN _job_id;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.procrastinate_fetch_job_v2(target_queue_names character varying[], p_worker_id bigint)
+ RETURNS procrastinate_jobs
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+	found_jobs procrastinate_jobs;
+BEGIN
+    WITH candidate AS (
+        SELECT jobs.*
+            FROM procrastinate_jobs AS jobs
+            WHERE
+                -- reject the job if its lock has earlier or higher priority jobs
+                NOT EXISTS (
+                    SELECT 1
+                        FROM procrastinate_jobs AS other_jobs
+                        WHERE
+                            jobs.lock IS NOT NULL
+                            AND other_jobs.lock = jobs.lock
+                            AND (
+                                -- job with same lock is already running
+                                other_jobs.status = 'doing'
+                                OR
+                                -- job with same lock is waiting and has higher priority (or same priority but was queued first)
+                                (
+                                    other_jobs.status = 'todo'
+                                    AND (
+                                        other_jobs.priority > jobs.priority
+                                        OR (
+                                        other_jobs.priority = jobs.priority
+                                        AND other_jobs.id < jobs.id
+                                        )
+                                    )
+                                )
+                            )
+                )
+                AND jobs.status = 'todo'
+                AND (target_queue_names IS NULL OR jobs.queue_name = ANY( target_queue_names ))
+                AND (jobs.scheduled_at IS NULL OR jobs.scheduled_at <= now())
+            ORDER BY jobs.priority DESC, jobs.id ASC LIMIT 1
+            FOR UPDATE OF jobs SKIP LOCKED
+    )
+    UPDATE procrastinate_jobs
+        SET status = 'doing', worker_id = p_worker_id
+        FROM candidate
+        WHERE procrastinate_jobs.id = candidate.id
+        RETURNING procrastinate_jobs.* INTO found_jobs;
+
+ RETURN found_jobs;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.procrastinate_finish_job_v1(job_id bigint, end_status procrastinate_job_status, delete_job boolean)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    _job_id bigint;
+BEGIN
+    IF end_status NOT IN ('succeeded', 'failed', 'aborted') THEN
+        RAISE 'End status should be either "succeeded", "failed" or "aborted" (job id: %)', job_id;
+    END IF;
+    IF delete_job THEN
+        DELETE FROM procrastinate_jobs
+        WHERE id = job_id AND status IN ('todo', 'doing')
+        RETURNING id INTO _job_id;
+    ELSE
+        UPDATE procrastinate_jobs
+        SET status = end_status,
+            abort_requested = false,
+            attempts = CASE status
+                WHEN 'doing' THEN attempts + 1 ELSE attempts
+            END
+        WHERE id = job_id AND status IN ('todo', 'doing')
+        RETURNING id INTO _job_id;
+    END IF;
+    IF _job_id IS NULL THEN
+        RAISE 'Job was not found or not in "doing" or "todo" status (job id: %)', job_id;
+    END IF;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.procrastinate_notify_queue_abort_job_v1()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    payload TEXT;
+BEGIN
+    SELECT json_build_object('type', 'abort_job_requested', 'job_id', NEW.id)::text INTO payload;
+	PERFORM pg_notify('procrastinate_queue_v1#' || NEW.queue_name, payload);
+	PERFORM pg_notify('procrastinate_any_queue_v1', payload);
+	RETURN NEW;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.procrastinate_notify_queue_job_inserted_v1()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    payload TEXT;
+BEGIN
+    SELECT json_build_object('type', 'job_inserted', 'job_id', NEW.id)::text INTO payload;
+	PERFORM pg_notify('procrastinate_queue_v1#' || NEW.queue_name, payload);
+	PERFORM pg_notify('procrastinate_any_queue_v1', payload);
+	RETURN NEW;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.procrastinate_prune_stalled_workers_v1(seconds_since_heartbeat double precision)
+ RETURNS TABLE(worker_id bigint)
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    RETURN QUERY
+    DELETE FROM procrastinate_workers
+    WHERE last_heartbeat < NOW() - (seconds_since_heartbeat || 'SECOND')::INTERVAL
+    RETURNING procrastinate_workers.id;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.procrastinate_register_worker_v1()
+ RETURNS TABLE(worker_id bigint)
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    RETURN QUERY
+    INSERT INTO procrastinate_workers DEFAULT VALUES
+    RETURNING procrastinate_workers.id;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.procrastinate_retry_job_v1(job_id bigint, retry_at timestamp with time zone, new_priority integer, new_queue_name character varying, new_lock character varying)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    _job_id bigint;
+    _abort_requested boolean;
+BEGIN
+    SELECT abort_requested FROM procrastinate_jobs
+    WHERE id = job_id AND status = 'doing'
+    FOR UPDATE
+    INTO _abort_requested;
+    IF _abort_requested THEN
+        UPDATE procrastinate_jobs
+        SET status = 'failed'::procrastinate_job_status
+        WHERE id = job_id AND status = 'doing'
+        RETURNING id INTO _job_id;
+    ELSE
+        UPDATE procrastinate_jobs
+        SET status = 'todo'::procrastinate_job_status,
+            attempts = attempts + 1,
+            scheduled_at = retry_at,
+            priority = COALESCE(new_priority, priority),
+            queue_name = COALESCE(new_queue_name, queue_name),
+            lock = COALESCE(new_lock, lock)
+        WHERE id = job_id AND status = 'doing'
+        RETURNING id INTO _job_id;
+    END IF;
+
+    IF _job_id IS NULL THEN
+        RAISE 'Job was not found or not in "doing" status (job id: %)', job_id;
+    END IF;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.procrastinate_retry_job_v2(job_id bigint, retry_at timestamp with time zone, new_priority integer, new_queue_name character varying, new_lock character varying)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    _job_id bigint;
+    _abort_requested boolean;
+    _current_status procrastinate_job_status;
+BEGIN
+    SELECT status, abort_requested FROM procrastinate_jobs
+    WHERE id = job_id AND status IN ('doing', 'failed')
+    FOR UPDATE
+    INTO _current_status, _abort_requested;
+    IF _current_status = 'doing' AND _abort_requested THEN
+        UPDATE procrastinate_jobs
+        SET status = 'failed'::procrastinate_job_status
+        WHERE id = job_id AND status = 'doing'
+        RETURNING id INTO _job_id;
+    ELSE
+        UPDATE procrastinate_jobs
+        SET status = 'todo'::procrastinate_job_status,
+            attempts = attempts + 1,
+            scheduled_at = retry_at,
+            priority = COALESCE(new_priority, priority),
+            queue_name = COALESCE(new_queue_name, queue_name),
+            lock = COALESCE(new_lock, lock)
+        WHERE id = job_id AND status IN ('doing', 'failed')
+        RETURNING id INTO _job_id;
+    END IF;
+
+    IF _job_id IS NULL THEN
+        RAISE 'Job was not found or has an invalid status to retry (job id: %)', job_id;
+    END IF;
+
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.procrastinate_trigger_abort_requested_events_procedure_v1()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    INSERT INTO procrastinate_events(job_id, type)
+        VALUES (NEW.id, 'abort_requested'::procrastinate_job_event_type);
+    RETURN NEW;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.procrastinate_trigger_function_scheduled_events_v1()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    INSERT INTO procrastinate_events(job_id, type, at)
+        VALUES (NEW.id, 'scheduled'::procrastinate_job_event_type, NEW.scheduled_at);
+
+	RETURN NEW;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.procrastinate_trigger_function_status_events_insert_v1()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    INSERT INTO procrastinate_events(job_id, type)
+        VALUES (NEW.id, 'deferred'::procrastinate_job_event_type);
+	RETURN NEW;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.procrastinate_trigger_function_status_events_update_v1()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    WITH t AS (
+        SELECT CASE
+            WHEN OLD.status = 'todo'::procrastinate_job_status
+                AND NEW.status = 'doing'::procrastinate_job_status
+                THEN 'started'::procrastinate_job_event_type
+            WHEN OLD.status = 'doing'::procrastinate_job_status
+                AND NEW.status = 'todo'::procrastinate_job_status
+                THEN 'deferred_for_retry'::procrastinate_job_event_type
+            WHEN OLD.status = 'doing'::procrastinate_job_status
+                AND NEW.status = 'failed'::procrastinate_job_status
+                THEN 'failed'::procrastinate_job_event_type
+            WHEN OLD.status = 'doing'::procrastinate_job_status
+                AND NEW.status = 'succeeded'::procrastinate_job_status
+                THEN 'succeeded'::procrastinate_job_event_type
+            WHEN OLD.status = 'todo'::procrastinate_job_status
+                AND (
+                    NEW.status = 'cancelled'::procrastinate_job_status
+                    OR NEW.status = 'failed'::procrastinate_job_status
+                    OR NEW.status = 'succeeded'::procrastinate_job_status
+                )
+                THEN 'cancelled'::procrastinate_job_event_type
+            WHEN OLD.status = 'doing'::procrastinate_job_status
+                AND NEW.status = 'aborted'::procrastinate_job_status
+                THEN 'aborted'::procrastinate_job_event_type
+            WHEN OLD.status = 'failed'::procrastinate_job_status
+                AND NEW.status = 'todo'::procrastinate_job_status
+                THEN 'retried'::procrastinate_job_event_type
+            ELSE NULL
+        END as event_type
+    )
+    INSERT INTO procrastinate_events(job_id, type)
+        SELECT NEW.id, t.event_type
+        FROM t
+        WHERE t.event_type IS NOT NULL;
+	RETURN NEW;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.procrastinate_unlink_periodic_defers_v1()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    UPDATE procrastinate_periodic_defers
+    SET job_id = NULL
+    WHERE job_id = OLD.id;
+    RETURN OLD;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.procrastinate_unregister_worker_v1(worker_id bigint)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    DELETE FROM procrastinate_workers
+    WHERE id = worker_id;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.procrastinate_update_heartbeat_v1(worker_id bigint)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    UPDATE procrastinate_workers
+    SET last_heartbeat = NOW()
+    WHERE id = worker_id;
+END;
+$function$;
+
+-- Triggers --------------------------------------------------------------------------------------
+
+CREATE TRIGGER job_files_forget_unused AFTER DELETE ON job_files FOR EACH ROW EXECUTE FUNCTION jobq_forget_unused_file();
+
+CREATE TRIGGER procrastinate_jobs_notify_queue_job_aborted_v1 AFTER UPDATE OF abort_requested ON procrastinate_jobs FOR EACH ROW WHEN (old.abort_requested = false AND new.abort_requested = true AND new.status = 'doing'::procrastinate_job_status) EXECUTE FUNCTION procrastinate_notify_queue_abort_job_v1();
+
+CREATE TRIGGER procrastinate_jobs_notify_queue_job_inserted_v1 AFTER INSERT ON procrastinate_jobs FOR EACH ROW WHEN (new.status = 'todo'::procrastinate_job_status) EXECUTE FUNCTION procrastinate_notify_queue_job_inserted_v1();
+
+CREATE TRIGGER procrastinate_trigger_abort_requested_events_v1 AFTER UPDATE OF abort_requested ON procrastinate_jobs FOR EACH ROW WHEN (new.abort_requested = true) EXECUTE FUNCTION procrastinate_trigger_abort_requested_events_procedure_v1();
+
+CREATE TRIGGER procrastinate_trigger_delete_jobs_v1 BEFORE DELETE ON procrastinate_jobs FOR EACH ROW EXECUTE FUNCTION procrastinate_unlink_periodic_defers_v1();
+
+CREATE TRIGGER procrastinate_trigger_scheduled_events_v1 AFTER INSERT OR UPDATE ON procrastinate_jobs FOR EACH ROW WHEN (new.scheduled_at IS NOT NULL AND new.status = 'todo'::procrastinate_job_status) EXECUTE FUNCTION procrastinate_trigger_function_scheduled_events_v1();
+
+CREATE TRIGGER procrastinate_trigger_status_events_insert_v1 AFTER INSERT ON procrastinate_jobs FOR EACH ROW WHEN (new.status = 'todo'::procrastinate_job_status) EXECUTE FUNCTION procrastinate_trigger_function_status_events_insert_v1();
+
+CREATE TRIGGER procrastinate_trigger_status_events_update_v1 AFTER UPDATE OF status ON procrastinate_jobs FOR EACH ROW EXECUTE FUNCTION procrastinate_trigger_function_status_events_update_v1();

@@ -1,0 +1,155 @@
+"""A request for a job, declared once: the body of `POST /api/v1/jobs`, what Python callers
+pass to `jobs.enqueue`, and what a Procrastinate deferral on jobq's connector becomes.
+
+`plan` checks a request against its job type's declaration and fills in the type's defaults;
+the plan is the same request, resolved, with the job's new id. Plain Python, no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from service import errors
+from service.domain import jobtypes
+
+MAX_BATCH = 1000
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+class Backoff(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Per-job override of the job type's backoff between attempts."""
+
+    base_seconds: float | None = None
+    cap_seconds: float | None = None
+    jitter: float | None = None
+
+
+class JobRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A request for one job: its type, its payload and optional scheduling."""
+
+    type: str
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    queue: str | None = None
+    priority: int = 0
+    run_at: datetime | None = None
+    delay_seconds: float | None = None
+    max_attempts: int | None = None
+    timeout_seconds: float | None = None
+    callback_url: str | None = None
+    backoff: Backoff | None = None
+    lock: str | None = None
+    """Jobs sharing a lock run one at a time, in order (Procrastinate's `lock`)."""
+    queueing_lock: str | None = None
+    """At most one queued job holds this value (Procrastinate's `queueing_lock`)."""
+
+
+class JobBatch(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Up to MAX_BATCH requests, accepted all or nothing."""
+
+    jobs: list[JobRequest]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A checked request, ready to write: every default filled in."""
+
+    id: uuid.UUID
+    request: JobRequest
+    """The request as written: queue, max_attempts and timeout_seconds are never None."""
+    scheduled_at: datetime | None
+    fingerprint: str
+    """What an Idempotency-Key replay must match."""
+
+
+def decode(body: bytes, type: type[JobRequest] | type[JobBatch] = JobRequest):
+    """A JSON body as a request, with strict JSON types ("1" is not a number)."""
+    return msgspec.json.decode(body, type=type, strict=True)
+
+
+def plan(request: JobRequest, prefix: str = "", with_files: bool = False) -> Planned:
+    """Check a request against its job type's declaration and fill in the defaults;
+    InvalidRequest names every field that is wrong (`prefix` before each name)."""
+    job_type = jobtypes.get(request.type)
+    if job_type.upload_route and not with_files:
+        raise errors.InvalidRequest(
+            f"{job_type.name} jobs take uploaded files: submit them with a multipart POST to "
+            f"{job_type.upload_route}.", [errors.FieldError(prefix + "type", "needs an upload")])
+    try:
+        payload = msgspec.to_builtins(job_type.validate(request.payload))
+    except errors.InvalidRequest as exc:
+        for f in exc.fields:
+            f.field = prefix + f.field
+        raise
+    resolved = msgspec.structs.replace(
+        request, payload=payload, queue=request.queue or job_type.queue,
+        max_attempts=(job_type.retry.max_attempts if request.max_attempts is None
+                      else request.max_attempts),
+        timeout_seconds=(job_type.timeout.total_seconds() if request.timeout_seconds is None
+                         else request.timeout_seconds))
+    problems = _problems(resolved, prefix)
+    if problems:
+        raise errors.InvalidRequest(
+            "; ".join(f"{p.field}: {p.message}" for p in problems), problems)
+    scheduled_at = request.run_at
+    if request.delay_seconds:
+        scheduled_at = datetime.now(UTC) + timedelta(seconds=request.delay_seconds)
+    return Planned(id=uuid.uuid4(), request=resolved, scheduled_at=scheduled_at,
+                   fingerprint=_fingerprint(resolved))
+
+
+def _problems(r: JobRequest, prefix: str) -> list[errors.FieldError]:
+    def problem(field: str, message: str) -> None:
+        problems.append(errors.FieldError(prefix + field, message))
+
+    problems: list[errors.FieldError] = []
+    if not QUEUE_NAME.match(r.queue or ""):
+        problem("queue", "must be 1-128 letters, digits, '_', '.' or '-'")
+    if not -1000 <= r.priority <= 1000:
+        problem("priority", "must be between -1000 and 1000")
+    if r.run_at is not None and r.delay_seconds is not None:
+        problem("run_at", "give run_at or delay_seconds, not both")
+    if r.delay_seconds is not None and not 0 <= r.delay_seconds <= 366 * 86400:
+        problem("delay_seconds", "must be between 0 and 31622400 (a year)")
+    if r.run_at is not None and r.run_at.tzinfo is None:
+        problem("run_at", "must carry a time zone, e.g. 2026-01-01T12:00:00Z")
+    if not 1 <= r.max_attempts <= 100:
+        problem("max_attempts", "must be between 1 and 100")
+    if not 0 < r.timeout_seconds <= 7 * 86400:
+        problem("timeout_seconds", "must be more than 0 and at most 604800 (a week)")
+    if r.callback_url is not None and not r.callback_url.startswith(("http://", "https://")):
+        problem("callback_url", "must be an http(s) URL")
+    for name in ("lock", "queueing_lock"):
+        value = getattr(r, name)
+        if value is not None and not 1 <= len(value) <= 255:
+            problem(name, "must be 1-255 characters")
+    for key, value in backoff_dict(r.backoff).items():
+        low, high = _BACKOFF_LIMITS[key]
+        if not low <= value <= high:
+            problem(f"backoff.{key}", f"must be between {low} and {high}")
+    return problems
+
+
+_BACKOFF_LIMITS = {"base_seconds": (0, 86_400), "cap_seconds": (0, 7 * 86_400), "jitter": (0, 1)}
+
+
+def backoff_dict(backoff: Backoff | None) -> dict[str, float]:
+    """The fields of a per-job backoff that were given."""
+    return {} if backoff is None else msgspec.to_builtins(backoff)
+
+
+def _fingerprint(r: JobRequest) -> str:
+    # The fields in the order of the first release, so that keys stored before still match;
+    # the locks only when given, for the same reason.
+    fields: list[Any] = [r.type, r.payload, r.queue, r.priority, r.run_at, r.delay_seconds,
+                         r.max_attempts, r.timeout_seconds, r.callback_url,
+                         None if r.backoff is None else backoff_dict(r.backoff)]
+    if r.lock is not None or r.queueing_lock is not None:
+        fields += [r.lock, r.queueing_lock]
+    return hashlib.sha256(msgspec.json.encode(fields, order="sorted")).hexdigest()
