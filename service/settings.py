@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from ipaddress import ip_network
 from pathlib import Path
 
 
@@ -65,6 +66,23 @@ class Settings:
     conversion_memory_mb: int = 2048
     """Memory one conversion process may use (`JOBQ_CONVERSION_MEMORY_MB`, 2048)."""
 
+    stream_heartbeat: timedelta = timedelta(seconds=15)
+    """An open event stream with nothing to say sends a comment this often, so that proxies keep
+    it open (`JOBQ_STREAM_HEARTBEAT_SECONDS`, default 15 s)."""
+
+    webhook_secrets: tuple[str, ...] = ()
+    """Secrets webhooks are signed with (`JOBQ_WEBHOOK_SECRETS`, comma-separated, newest first):
+    each delivery carries one signature per secret, so a secret can be rotated. Without one,
+    deliveries fail and say why."""
+
+    webhook_allowed_networks: tuple[str, ...] = ()
+    """Networks webhooks may be sent to although they are not public: loopback, private,
+    link-local (`JOBQ_WEBHOOK_ALLOWED_NETWORKS`, comma-separated CIDRs, checked at start-up;
+    default none)."""
+
+    webhook_timeout: timedelta = timedelta(seconds=10)
+    """Connect and read timeout of one webhook delivery (`JOBQ_WEBHOOK_TIMEOUT_SECONDS`, 10 s)."""
+
     extra: Mapping[str, str] = field(default_factory=dict)
     """Unrecognised `JOBQ_*` variables, kept to warn about typos."""
 
@@ -95,12 +113,27 @@ def _integer(env: Mapping[str, str], name: str, default: int, minimum: int = 1) 
     return value
 
 
+def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    networks = []
+    for part in env.get(name, "").split(","):
+        if not part.strip():
+            continue
+        try:
+            networks.append(str(ip_network(part.strip(), strict=False)))
+        except ValueError:
+            raise SettingsError(
+                f"{name} must be comma-separated networks like 127.0.0.1/32 or 10.0.0.0/8, "
+                f"got {part.strip()!r}") from None
+    return tuple(networks)
+
+
 _KNOWN = {
     "JOBQ_DATA_DIR", "JOBQ_HOST", "JOBQ_PORT", "JOBQ_POOL_SIZE", "JOBQ_WORKER_CONCURRENCY",
     "JOBQ_WORKER_QUEUES", "JOBQ_HEARTBEAT_SECONDS", "JOBQ_STALL_TIMEOUT_SECONDS",
     "JOBQ_SHUTDOWN_GRACE_SECONDS", "JOBQ_POLL_SECONDS", "JOBQ_PROGRESS_INTERVAL_SECONDS",
     "JOBQ_MAX_BODY_BYTES", "JOBQ_MAX_UPLOAD_BYTES", "JOBQ_CONVERSION_PROCESSES",
-    "JOBQ_CONVERSION_MEMORY_MB",
+    "JOBQ_CONVERSION_MEMORY_MB", "JOBQ_STREAM_HEARTBEAT_SECONDS", "JOBQ_WEBHOOK_SECRETS",
+    "JOBQ_WEBHOOK_ALLOWED_NETWORKS", "JOBQ_WEBHOOK_TIMEOUT_SECONDS",
 }
 
 
@@ -130,5 +163,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_upload_bytes=_integer(env, "JOBQ_MAX_UPLOAD_BYTES", 200_000_000),
         conversion_processes=_integer(env, "JOBQ_CONVERSION_PROCESSES", 2),
         conversion_memory_mb=_integer(env, "JOBQ_CONVERSION_MEMORY_MB", 2048, minimum=256),
+        stream_heartbeat=_seconds(env, "JOBQ_STREAM_HEARTBEAT_SECONDS", timedelta(seconds=15)),
+        webhook_secrets=tuple(
+            s.strip() for s in env.get("JOBQ_WEBHOOK_SECRETS", "").split(",") if s.strip()),
+        webhook_allowed_networks=_networks(env, "JOBQ_WEBHOOK_ALLOWED_NETWORKS"),
+        webhook_timeout=_seconds(env, "JOBQ_WEBHOOK_TIMEOUT_SECONDS", timedelta(seconds=10)),
         extra={k: v for k, v in env.items() if k.startswith("JOBQ_") and k not in _KNOWN},
     )

@@ -105,16 +105,9 @@ async def finish_many(conn: asyncpg.Connection, outcomes: list[AttemptOutcome]) 
 async def write_progress(conn: asyncpg.Connection, attempt_id: int, percent: int,
                          stage: str | None, message: str | None) -> bool:
     """Store a job's progress; False if the lease was lost."""
-    status = await conn.execute(
-        """
-        UPDATE jobs SET progress = $2, stage = $3, progress_message = $4,
-                        progress_updated_at = now()
-        FROM job_attempts a
-        WHERE a.id = $1 AND a.finished_at IS NULL AND jobs.id = a.job_id
-        """,
-        attempt_id, percent, stage, message,
-    )
-    return status != "UPDATE 0"
+    # The function also notifies the API's event streams (revision 0011).
+    return await conn.fetchval(
+        "SELECT jobq_report_progress($1, $2, $3, $4)", attempt_id, percent, stage, message)
 
 
 async def abort_requested(conn: asyncpg.Connection, worker_id: int) -> set[int]:
