@@ -61,6 +61,10 @@ class _Planned:
 def _plan(request: JobRequest, prefix: str = "", with_files: bool = False) -> _Planned:
     """Validate a request against its job type's declaration and fill in the defaults."""
     job_type = jobtypes.get(request.type)
+    if job_type.internal:
+        raise errors.InvalidRequest(
+            f"{job_type.name} jobs are submitted by jobq itself, not by clients.",
+            [errors.FieldError(prefix + "type", "submitted by jobq only")])
     if job_type.upload_route and not with_files:
         raise errors.InvalidRequest(
             f"{job_type.name} jobs take uploaded files: submit them with a multipart POST to "
@@ -318,7 +322,13 @@ async def job_history(backend: Backend, job_id: uuid.UUID) -> dict[str, list[dic
         "FROM job_attempts WHERE job_id = $1 ORDER BY number",
         job_id,
     )
-    return {"events": events, "attempts": attempts}
+    deliveries = await _fetch(
+        backend,
+        "SELECT delivery_id, attempt, at, url, status_code, duration_ms, outcome, error "
+        "FROM webhook_deliveries WHERE job_id = $1 ORDER BY id",
+        job_id,
+    )
+    return {"events": events, "attempts": attempts, "deliveries": deliveries}
 
 
 async def _lock_job(conn: asyncpg.Connection, job_id: uuid.UUID) -> asyncpg.Record:

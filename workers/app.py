@@ -6,7 +6,7 @@ from service.backend import Backend
 from service.settings import Settings
 from workers.runtime import Handler, Worker
 from workers.sandbox import Sandbox
-from workers.tasks import mesh, system
+from workers.tasks import mesh, system, webhook
 
 
 def make_handlers(settings: Settings, pool: Sandbox) -> dict[str, Handler]:
@@ -15,6 +15,7 @@ def make_handlers(settings: Settings, pool: Sandbox) -> dict[str, Handler]:
         "system.noop": system.noop,
         "system.sleep": system.sleep,
         "mesh.convert": mesh.make_handler(pool),
+        "system.webhook": webhook.make_handler(settings),
     }
 
 
