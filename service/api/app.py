@@ -13,6 +13,7 @@ from service.api import conversions as conversion_routes
 from service.api import errors as api_errors
 from service.api import events as event_routes
 from service.api import jobs as job_routes
+from service.api import metrics as metric_routes
 from service.api import webhooks as webhook_routes
 from service.backend import Backend
 from service.settings import Settings
@@ -50,6 +51,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
             event_routes.job_stream,
             event_routes.all_events,
             webhook_routes.job_deliveries,
+            metric_routes.prometheus,
             *compat.ROUTES,
         ],
         dependencies={
