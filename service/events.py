@@ -58,6 +58,9 @@ QUEUE_SIZE = 256
 REPLAY_WINDOW = 10_000
 """Most job_events ids a resumed `/events` stream looks back over."""
 
+APPLICATION_NAME = "jobq-event-hub"
+"""How the hub's connection shows in pg_stat_activity."""
+
 CONNECT_TIMEOUT = 5.0
 """Seconds a new stream waits for the hub's connection before answering 503."""
 
@@ -354,7 +357,9 @@ class EventHub:
         first = True
         while True:
             try:
-                conn = await db_engine.connect(self.database_url, timeout=CONNECT_TIMEOUT)
+                conn = await db_engine.connect(
+                    self.database_url, timeout=CONNECT_TIMEOUT,
+                    server_settings={"application_name": APPLICATION_NAME})
             except (*CONNECTION_ERRORS, asyncpg.PostgresError, TimeoutError) as exc:
                 logger.warning("event hub cannot connect (%s); again in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
