@@ -66,6 +66,9 @@ CONNECT_TIMEOUT = 5.0
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+_LOST = (*CONNECTION_ERRORS, asyncpg.PostgresError, asyncpg.InternalClientError, TimeoutError)
+"""What losing the hub's connection raises (InternalClientError: killed in mid-command)."""
+
 
 def stamp(at: datetime | None) -> int:
     """A progress time as whole microseconds since the epoch (exact: no float on the way)."""
@@ -360,7 +363,7 @@ class EventHub:
                 conn = await db_engine.connect(
                     self.database_url, timeout=CONNECT_TIMEOUT,
                     server_settings={"application_name": APPLICATION_NAME})
-            except (*CONNECTION_ERRORS, asyncpg.PostgresError, TimeoutError) as exc:
+            except _LOST as exc:
                 logger.warning("event hub cannot connect (%s); again in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
@@ -376,7 +379,7 @@ class EventHub:
                 first, delay = False, 0.5
                 self._connected.set()
                 await self._serve(conn)
-            except (*CONNECTION_ERRORS, asyncpg.PostgresError, TimeoutError) as exc:
+            except _LOST as exc:
                 logger.warning("event hub lost its connection (%s); reconnecting", exc)
             except Exception:
                 # Never let the hub die: every stream of the process depends on it.
