@@ -40,7 +40,7 @@ LastEventId = Annotated[
 _encoder = msgspec.json.Encoder()
 
 
-def provide_hub(state: State, settings: Settings) -> events.EventHub:
+def provide_hub(state: State, settings: NamedDependency[Settings]) -> events.EventHub:
     """The process's one hub, made on first use (it connects when a stream first subscribes)."""
     if getattr(state, "hub", None) is None:
         state.hub = events.EventHub(state.backend.database_url,
