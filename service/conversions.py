@@ -61,6 +61,7 @@ async def submit_conversion(
     max_upload_bytes: int,
     reuse: bool = True,
     timeout_seconds: float | None = None,
+    callback_url: str | None = None,
 ) -> dict[str, Any]:
     """Store the uploaded files and queue their conversion, in one transaction."""
     if not uploads:
@@ -73,7 +74,7 @@ async def submit_conversion(
     request = jobs.JobRequest(
         type=jobtypes.MESH_CONVERT.name,
         payload={"format": target, "options": options, "reuse": reuse},
-        timeout_seconds=timeout_seconds)
+        timeout_seconds=timeout_seconds, callback_url=callback_url)
     store = PostgresFileStore(backend)
     async with backend.transaction() as conn:
         [job_id] = await jobs.enqueue(conn, [request], with_files=True)

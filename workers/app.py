@@ -7,7 +7,7 @@ from service.domain import jobtypes
 from service.settings import Settings
 from workers.runtime import Handler, Worker
 from workers.sandbox import Sandbox
-from workers.tasks import mesh, system
+from workers.tasks import mesh, system, webhook
 
 
 def make_handlers(settings: Settings, pool: Sandbox) -> dict[str, Handler]:
@@ -16,6 +16,7 @@ def make_handlers(settings: Settings, pool: Sandbox) -> dict[str, Handler]:
         jobtypes.SYSTEM_NOOP.name: system.noop,
         jobtypes.SYSTEM_SLEEP.name: system.sleep,
         jobtypes.MESH_CONVERT.name: mesh.make_handler(pool),
+        jobtypes.SYSTEM_WEBHOOK.name: webhook.make_handler(settings),
     }
 
 

@@ -55,7 +55,8 @@ def upload_limit(settings: Settings) -> int:
       description="multipart/form-data: `file` (one or more parts: the mesh with its .mtl, .bin "
       "or textures, or one .zip), `format` (target), optional `options` (JSON object), "
       "`reuse` (false to convert again even if the same input was converted before), "
-      "`timeout_seconds`.",
+      "`timeout_seconds`, `callback_url` (POSTed to when the conversion has finished, see "
+      "docs/events.md).",
       request_max_body_size=None)
 async def create_conversion(
     request: Request, backend: NamedDependency[Backend], settings: NamedDependency[Settings]
@@ -66,7 +67,8 @@ async def create_conversion(
         backend, uploads, fields.get("format"), conversions.parse_options(fields.get("options")),
         settings.max_upload_bytes, reuse=fields.get("reuse", "true").lower() != "false",
         timeout_seconds=conversions.parse_seconds(fields.get("timeout_seconds"),
-                                                  "timeout_seconds"))
+                                                  "timeout_seconds"),
+        callback_url=fields.get("callback_url"))
     body = schemas.job_json(job)
     return Response(body, status_code=HTTP_201_CREATED, headers={"Location": body["links"]["self"]})
 

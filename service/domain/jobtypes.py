@@ -28,6 +28,8 @@ class JobType:
     timeout: timedelta = timedelta(minutes=5)
     upload_route: str | None = None
     """Set for types whose input is uploaded files: they are submitted through this route."""
+    internal: bool = False
+    """Submitted by jobq itself, never by clients (a client could have jobq sign anything)."""
 
     def validate(self, payload: Any) -> msgspec.Struct:
         """The payload as this type's schema, or InvalidRequest naming the bad field."""
@@ -97,7 +99,34 @@ MESH_CONVERT = JobType(
     upload_route="/api/v1/conversions",
 )
 
-REGISTRY: dict[str, JobType] = {t.name: t for t in (SYSTEM_NOOP, SYSTEM_SLEEP, MESH_CONVERT)}
+class WebhookPayload(msgspec.Struct, forbid_unknown_fields=True):
+    """`system.webhook`: a finished job's outcome, to POST to its callback_url. Written by the
+    trigger of revision 0011, in the transaction that records the outcome."""
+
+    job_id: str
+    event_id: int
+    """The job_events row of the outcome."""
+    event: str
+    """succeeded, failed or cancelled."""
+    url: str
+    job: dict[str, Any]
+    """The job (a job_overview row) as it was at that outcome."""
+
+
+SYSTEM_WEBHOOK = JobType(
+    name="system.webhook",
+    payload=WebhookPayload,
+    description="Delivers a finished job's webhook to its callback_url; submitted by jobq.",
+    # Queue, attempts and timeout are also written by revision 0011's trigger, which submits
+    # these jobs in SQL (a test checks they agree).
+    queue="webhooks",
+    retry=RetryPolicy(max_attempts=10, base=timedelta(seconds=5), cap=timedelta(hours=1)),
+    timeout=timedelta(seconds=60),
+    internal=True,
+)
+
+REGISTRY: dict[str, JobType] = {
+    t.name: t for t in (SYSTEM_NOOP, SYSTEM_SLEEP, MESH_CONVERT, SYSTEM_WEBHOOK)}
 
 
 def get(name: str) -> JobType:
