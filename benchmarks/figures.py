@@ -129,8 +129,20 @@ _CONVERSION = [
            "conversions through the queue, 1 worker", "conv/s", True),
 ]
 
+_STREAMS = [
+    Figure("jobq.streams.idle_rss_mb", "streams: API RSS before they open", "MiB", False),
+    Figure("jobq.streams.open_rss_mb", "streams: API RSS with all open", "MiB", False,
+           baseline="jobq.streams.idle_rss_mb"),
+    Figure("jobq.streams.db_connections", "streams: API's database connections, all open",
+           "conns", False),
+    Figure("jobq.streams.delay_p50_ms", "streams: progress write → event at client, p50",
+           "ms", False),
+    Figure("jobq.streams.delay_p99_ms", "streams: progress write → event at client, p99",
+           "ms", False),
+]
+
 CATALOGUE: list[Figure] = [*_DRAIN, *_ENQUEUE, *_STOCK_ENQUEUE, *_LATENCY, *_MEMORY, *_SCALE,
-                           *_CONVERSION]
+                           *_CONVERSION, *_STREAMS]
 
 BY_KEY = {figure.key: figure for figure in CATALOGUE}
 

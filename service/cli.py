@@ -336,6 +336,7 @@ async def _database(settings: Settings) -> AsyncIterator[Settings]:
 
 async def _up(settings: Settings, name: str | None) -> None:
     from service.api.app import create_app
+    from service.api.events import end_streams
     from service.backend import Backend
     from workers.app import make_worker
 
@@ -343,11 +344,13 @@ async def _up(settings: Settings, name: str | None) -> None:
         assert settings.database_url
         backend = await Backend.open(settings.database_url, settings.pool_size)
         try:
-            server = _http_server(settings, create_app(settings, backend))
+            app = create_app(settings, backend)
+            server = _http_server(settings, app)
             worker = make_worker(backend, settings, name)
 
             def stop() -> None:
                 worker.request_stop()
+                end_streams(app)  # open event streams would hold the HTTP server up
                 if server.should_exit:
                     server.force_exit = True
                 server.should_exit = True
@@ -361,10 +364,13 @@ async def _up(settings: Settings, name: str | None) -> None:
 
 async def _serve(settings: Settings) -> None:
     from service.api.app import create_app
+    from service.api.events import end_streams
 
-    server = _http_server(settings, create_app(settings))
+    app = create_app(settings)
+    server = _http_server(settings, app)
 
     def stop() -> None:
+        end_streams(app)  # open event streams would hold the HTTP server up
         if server.should_exit:
             server.force_exit = True
         server.should_exit = True

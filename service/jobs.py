@@ -263,7 +263,13 @@ async def job_history(backend: Backend, job_id: uuid.UUID) -> dict[str, list[dic
         "FROM job_attempts WHERE job_id = $1 ORDER BY number",
         job_id,
     )
-    return {"events": events, "attempts": attempts}
+    deliveries = await _fetch(
+        backend,
+        "SELECT delivery_id, attempt, at, url, status_code, duration_ms, outcome, error "
+        "FROM webhook_deliveries WHERE job_id = $1 ORDER BY id",
+        job_id,
+    )
+    return {"events": events, "attempts": attempts, "deliveries": deliveries}
 
 
 async def _change(backend: Backend, function: str, job_id: uuid.UUID) -> tuple[str, Status]:

@@ -15,6 +15,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,6 +55,20 @@ def _queues(name: str, raw: str) -> tuple[str, ...]:
 
 def _modules(name: str, raw: str) -> str | None:
     return raw.strip() or None
+def _list(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _networks(name: str, raw: str) -> tuple[str, ...]:
+    networks = []
+    for part in _list(name, raw):
+        try:
+            networks.append(str(ip_network(part, strict=False)))
+        except ValueError:
+            raise SettingsError(
+                f"{name} must be comma-separated networks like 127.0.0.1/32 or 10.0.0.0/8, "
+                f"got {part!r}") from None
+    return tuple(networks)
 
 
 def _database_url(name: str, raw: str) -> str | None:
@@ -137,6 +152,22 @@ class Settings:
         "JOBQ_APP", "modules declaring your own job types (`pkg.module`, comma-separated; "
         "[docs/job-types.md](docs/job-types.md))", _modules, flag="--app",
         shown="none: jobq's own types only")] = None
+    stream_heartbeat: Annotated[timedelta, Var(
+        "JOBQ_STREAM_HEARTBEAT_SECONDS",
+        "an open event stream with nothing to say sends a comment this often, so that proxies "
+        "keep it open", _seconds)] = timedelta(seconds=15)
+    webhook_secrets: Annotated[tuple[str, ...], Var(
+        "JOBQ_WEBHOOK_SECRETS",
+        "secrets webhooks are signed with, comma-separated, newest first: each delivery carries "
+        "one signature per secret, so a secret can be rotated; without one, deliveries fail and "
+        "say why", _list, shown="none")] = ()
+    webhook_allowed_networks: Annotated[tuple[str, ...], Var(
+        "JOBQ_WEBHOOK_ALLOWED_NETWORKS",
+        "networks webhooks may be sent to although they are not public (loopback, private, "
+        "link-local), comma-separated CIDRs", _networks, shown="none")] = ()
+    webhook_timeout: Annotated[timedelta, Var(
+        "JOBQ_WEBHOOK_TIMEOUT_SECONDS", "connect and read timeout of one webhook delivery",
+        _seconds)] = timedelta(seconds=10)
     extra: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Unrecognised `JOBQ_*` variables, kept to warn about typos."""
 

@@ -71,6 +71,7 @@ async def claim(conn: asyncpg.Connection, worker_id: int, worker_name: str,
 async def write_progress(conn: asyncpg.Connection, attempt_id: int, percent: int,
                          stage: str | None, message: str | None) -> bool:
     """Store a job's progress; False if the lease was lost."""
+    # The function also notifies the API's event streams (revision 0011).
     return await conn.fetchval("SELECT jobq_report_progress($1, $2, $3, $4)",
                                attempt_id, percent, stage, message)
 

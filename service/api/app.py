@@ -8,10 +8,13 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from service.api import compat, ops
+from service.api import compat, dashboard, ops
 from service.api import conversions as conversion_routes
 from service.api import errors as api_errors
+from service.api import events as event_routes
 from service.api import jobs as job_routes
+from service.api import metrics as metric_routes
+from service.api import webhooks as webhook_routes
 from service.backend import Backend
 from service.settings import Settings
 
@@ -26,6 +29,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
             app.state.backend = await Backend.open(settings.database_url, settings.pool_size)
 
     async def close_backend(app: Litestar) -> None:
+        if getattr(app.state, "hub", None) is not None:
+            await app.state.hub.close()
         if owns_backend and getattr(app.state, "backend", None) is not None:
             await app.state.backend.close()
 
@@ -44,11 +49,17 @@ def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
             conversion_routes.create_conversion,
             conversion_routes.list_formats,
             conversion_routes.job_output,
+            event_routes.job_stream,
+            event_routes.all_events,
+            webhook_routes.job_deliveries,
+            metric_routes.prometheus,
             *compat.ROUTES,
+            *dashboard.ROUTES,
         ],
         dependencies={
             "backend": Provide(provide_backend, sync_to_thread=False),
             "settings": Provide(lambda: settings, sync_to_thread=False),
+            "hub": Provide(event_routes.provide_hub, sync_to_thread=False),
         },
         exception_handlers=api_errors.EXCEPTION_HANDLERS,
         on_startup=[open_backend],

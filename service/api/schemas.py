@@ -113,6 +113,21 @@ def history_json(history: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             }
             for a in history["attempts"]
         ],
+        "deliveries": [delivery_json(d) for d in history["deliveries"]],
+    }
+
+
+def delivery_json(row: dict[str, Any]) -> dict[str, Any]:
+    """One attempt to deliver a job's webhook (docs/events.md)."""
+    return {
+        "delivery_id": str(row["delivery_id"]),
+        "attempt": row["attempt"],
+        "at": timestamp(row["at"]),
+        "url": row["url"],
+        "status_code": row["status_code"],
+        "duration_ms": row["duration_ms"],
+        "outcome": row["outcome"],
+        "error": row["error"],
     }
 
 

@@ -231,3 +231,40 @@ class ConversionCacheEntry(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (Index(None, "output_file_id"),)
+
+
+class WebhookDelivery(Base):
+    """One attempt to POST a finished job's webhook, in that job's history (revision 0011)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    """The job the webhook is about."""
+    delivery_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    """The `system.webhook` job sending it, the same for all its attempts."""
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    url: Mapped[str] = mapped_column(Text)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    duration_ms: Mapped[float] = mapped_column(Double)
+    outcome: Mapped[str] = mapped_column(String(16))
+    """delivered, failed (tried again later) or refused (never tried again)."""
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index(None, "job_id", "id"),)
+
+
+class JobCounter(Base):
+    """Totals behind /metrics: events per queue, type and histogram bucket, added to by the
+    trigger on job_events, one shard per database session (revision 0011)."""
+
+    __tablename__ = "job_counters"
+
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    queue: Mapped[str] = mapped_column(String(128), primary_key=True)
+    type: Mapped[str] = mapped_column(String(128), primary_key=True)
+    event: Mapped[str] = mapped_column(String(32), primary_key=True)
+    bucket: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    seconds: Mapped[float] = mapped_column(Double)

@@ -37,6 +37,20 @@ class ConvertPayload(msgspec.Struct, forbid_unknown_fields=True):
     """Reuse an earlier output of the same input bytes, target and options."""
 
 
+class WebhookPayload(msgspec.Struct, forbid_unknown_fields=True):
+    """`system.webhook`: a finished job's outcome, to POST to its callback_url. Written by the
+    trigger of revision 0011, in the transaction that records the outcome."""
+
+    job_id: str
+    event_id: int
+    """The job_events row of the outcome."""
+    event: str
+    """succeeded, failed or cancelled."""
+    url: str
+    job: dict[str, Any]
+    """The job (a job_overview row) as it was at that outcome."""
+
+
 noop = app.declare(
     "system.noop", payload=NoopPayload, implementation="workers.tasks.system:noop",
     description="Does nothing; for tests and benchmarks.")
@@ -55,3 +69,12 @@ convert = app.declare(
     # UnsupportedConversion: permanent errors) none.
     retry=retry.RetryPolicy(max_attempts=2, backoff=retry.exponential(base=1.0)),
     timeout=300, upload_route="/api/v1/conversions")
+
+webhook = app.declare(
+    "system.webhook", payload=WebhookPayload, implementation="workers.tasks.webhook:deliver",
+    description="Delivers a finished job's webhook to its callback_url; submitted by jobq.",
+    # Queue, attempts and timeout are also written by revision 0011's trigger, which submits
+    # these jobs in SQL (a test checks they agree).
+    queue="webhooks",
+    retry=retry.RetryPolicy(max_attempts=10, backoff=retry.exponential(base=5.0, cap=3600.0)),
+    timeout=60, internal=True)

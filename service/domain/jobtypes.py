@@ -74,6 +74,8 @@ class JobType:
     """Set for types whose input is uploaded files: they are submitted through this route."""
     origin: str = ""
     """Where it was declared (module:name): declaring the same thing again replaces it."""
+    internal: bool = False
+    """Submitted by jobq itself, never by clients (a client could have jobq sign anything)."""
 
     def validate(self, payload: Any) -> msgspec.Struct:
         """The payload as this type's schema, or InvalidRequest naming the bad field."""
@@ -219,7 +221,8 @@ def _declare(func: Callable[..., Any] | None, default_queue: str, *, name: str |
              payload: type[msgspec.Struct] | None = None, runs_in: RunsIn | None = None,
              permanent_errors: tuple[type[BaseException], ...] = (),
              retry_timeouts: bool = True, implementation: str | None = None,
-             description: str | None = None, upload_route: str | None = None) -> JobType:
+             description: str | None = None, upload_route: str | None = None,
+             internal: bool = False) -> JobType:
     if func is not None and name is None:
         name = f"{func.__module__}.{func.__name__}"
     assert name is not None
@@ -262,7 +265,7 @@ def _declare(func: Callable[..., Any] | None, default_queue: str, *, name: str |
         priority=priority, lock=lock, queueing_lock=queueing_lock, runs_in=runs_in,
         implementation=implementation,
         function=func if implementation is None else None,
-        payload_as_fields=derived, upload_route=upload_route, origin=origin)
+        payload_as_fields=derived, upload_route=upload_route, origin=origin, internal=internal)
 
 
 def _first_line(func: Callable[..., Any] | None) -> str | None:
@@ -458,9 +461,9 @@ def __getattr__(name: str) -> Any:
     from service.domain import builtin
 
     aliases = {"SYSTEM_NOOP": builtin.noop, "SYSTEM_SLEEP": builtin.sleep,
-               "MESH_CONVERT": builtin.convert}
+               "MESH_CONVERT": builtin.convert, "SYSTEM_WEBHOOK": builtin.webhook}
     if name in aliases:
         return aliases[name].job_type
-    if name in ("NoopPayload", "SleepPayload", "ConvertPayload"):
+    if name in ("NoopPayload", "SleepPayload", "ConvertPayload", "WebhookPayload"):
         return getattr(builtin, name)
     raise AttributeError(name)

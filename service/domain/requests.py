@@ -86,6 +86,10 @@ def plan(request: JobRequest, prefix: str = "", with_files: bool = False) -> Pla
     """Check a request against its job type's declaration and fill in the defaults;
     InvalidRequest names every field that is wrong (`prefix` before each name)."""
     job_type = jobtypes.get(request.type)
+    if job_type.internal:
+        raise errors.InvalidRequest(
+            f"{job_type.name} jobs are submitted by jobq itself, not by clients.",
+            [errors.FieldError(prefix + "type", "submitted by jobq only")])
     if job_type.upload_route and not with_files:
         raise errors.InvalidRequest(
             f"{job_type.name} jobs take uploaded files: submit them with a multipart POST to "

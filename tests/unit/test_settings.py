@@ -82,6 +82,8 @@ def test_every_setting_is_read_from_its_variable():
         "JOBQ_MAX_BODY_BYTES": "5", "JOBQ_MAX_UPLOAD_BYTES": "6",
         "JOBQ_CONVERSION_PROCESSES": "1", "JOBQ_CONVERSION_MEMORY_MB": "300",
         "JOBQ_APP": "my.jobs",
+        "JOBQ_STREAM_HEARTBEAT_SECONDS": "2", "JOBQ_WEBHOOK_SECRETS": "new,old",
+        "JOBQ_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32", "JOBQ_WEBHOOK_TIMEOUT_SECONDS": "3",
     })
     default = Settings()
     assert changed.extra == {}
