@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import asyncpg
 import procrastinate
-import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import errors
@@ -50,29 +49,15 @@ class Backend:
             yield conn
 
 
-# Errors that mean "no database right now", as opposed to "the database refused this".
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.TimeoutError,
-)
-
-
 @contextlib.contextmanager
-def unavailable_on_connection_loss():
-    """Turn a lost or refused database connection into DatabaseUnavailable."""
+def unavailable_on_connection_loss() -> Iterator[None]:
+    """Turn a lost or refused database connection into DatabaseUnavailable, whatever wraps it
+    (see errors.is_connection_loss); other errors pass unchanged."""
     try:
         yield
-    except CONNECTION_ERRORS as exc:
-        raise errors.DatabaseUnavailable(f"The database cannot be reached: {exc}") from exc
-    except sqlalchemy.exc.DBAPIError as exc:
-        if exc.connection_invalidated:
+    except errors.DatabaseUnavailable:
+        raise
+    except Exception as exc:
+        if errors.is_connection_loss(exc):
             raise errors.DatabaseUnavailable(f"The database cannot be reached: {exc}") from exc
         raise
