@@ -1,0 +1,191 @@
+"""Workers and the API while PostgreSQL takes no connections, in each phase of their life:
+started before the server (not started, then starting up), started while it shuts down, and
+stopped while it is away. They keep retrying, answer 503 problem+json (never 500), and run jobs
+once the database is back (issue 11: both workers of a run died registering, on
+`CannotConnectNowError: the database system is shutting down`)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+
+import asyncpg
+import httpx
+
+from service import jobs
+from service.db import engine as db_engine
+from tests.integration.test_worker import eventually
+from tests.reliability.conftest import FAST, ApiProcess, OwnedCluster
+from tests.reliability.ledger import check_ledger, report
+
+BODY = {"type": "system.sleep", "payload": {"seconds": 0.1}}
+
+
+async def _answers(client: httpx.AsyncClient, url: str, path: str, status: int) -> None:
+    async def check() -> bool:
+        try:
+            return (await client.get(f"{url}{path}")).status_code == status
+        except httpx.TransportError:
+            return False
+    await eventually(check, timeout=30, interval=0.2)
+
+
+async def _all_logged(workers: list[subprocess.Popen], text: str, timeout: float = 30) -> None:
+    async def check() -> bool:
+        return all(text in w.log_path.read_text() for w in workers)  # type: ignore[attr-defined]
+    await eventually(check, timeout=timeout, interval=0.2)
+
+
+async def assert_unavailable(client: httpx.AsyncClient, api: ApiProcess,
+                             workers: list[subprocess.Popen]) -> None:
+    """The API says so (503 problem+json with Retry-After) and every worker still lives."""
+    ready = await client.get(f"{api.url}/ready")
+    assert ready.status_code == 503, ready.text
+    response = await client.post(f"{api.url}/api/v1/jobs", json=BODY)
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert int(response.headers["retry-after"]) > 0
+    for worker in workers:
+        assert worker.poll() is None, worker.log_path.read_text()[-3000:]  # type: ignore[attr-defined]
+
+
+async def run_jobs_once_back(client: httpx.AsyncClient, api: ApiProcess, database_url: str,
+                             names: list[str], count: int = 20) -> dict:
+    """Once the database is back: ready, jobs accepted, every one run once by these workers."""
+    await _answers(client, api.url, "/ready", 200)
+    ids = []
+    for _ in range(count):
+        response = await client.post(f"{api.url}/api/v1/jobs", json=BODY)
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["id"])
+    conn = await asyncpg.connect(database_url)
+    try:
+        async def done() -> bool:
+            return await conn.fetchval(
+                "SELECT count(*) FROM job_overview WHERE id = ANY($1::uuid[]) "
+                "AND status = 'succeeded'", ids) == len(ids)
+        await eventually(done, timeout=30, interval=0.2)
+        figures = await check_ledger(conn, ids)
+        ran = await conn.fetchval(
+            "SELECT count(DISTINCT worker_name) FROM job_attempts WHERE worker_name = ANY($1)",
+            names)
+    finally:
+        await conn.close()
+    assert ran == len(names), "every worker that waited for the database took jobs"
+    return figures
+
+
+async def test_workers_and_api_started_before_postgresql_wait_until_it_has_started(
+    owned_cluster: OwnedCluster, start_api, start_worker
+):
+    url = owned_cluster.database_url
+    owned_cluster.stop()
+    env = {**FAST, "DATABASE_URL": url}
+    api = start_api(url)
+    names = ["early-1", "early-2"]
+    workers = [start_worker("--name", name, "--concurrency", "4", env=env) for name in names]
+    async with httpx.AsyncClient(timeout=10) as client:
+        await _answers(client, api.url, "/health", 200)
+        # Not started: no socket to connect to.
+        await _all_logged(workers, "cannot register yet")
+        await assert_unavailable(client, api, workers)
+
+        # A worker told to stop while it waits for the database goes at once.
+        quitter = start_worker("--name", "quitter", env=env)
+        await _all_logged([quitter], "cannot register yet")
+        quitter.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(quitter.wait, 10)
+        assert quitter.returncode == 0, quitter.log_path.read_text()[-3000:]
+
+        # Starting up: the server runs and refuses every connection (57P03).
+        started = owned_cluster.start_in_recovery()
+        await _all_logged(workers, "not accepting connections")
+        await asyncio.sleep(2)  # several more rounds of retries in this phase
+        await assert_unavailable(client, api, workers)
+
+        owned_cluster.promote()
+        await started
+        figures = await run_jobs_once_back(client, api, url, names)
+    report("workers and API started before PostgreSQL (down, then starting up)", {
+        **figures, "load": "20 x 0.1 s jobs, 2 workers x 4"})
+
+
+async def test_workers_and_api_started_while_postgresql_shuts_down_wait_for_its_restart(
+    owned_cluster: OwnedCluster, start_api, start_worker
+):
+    url = owned_cluster.database_url
+    held = await asyncpg.connect(url)
+    owned_cluster.begin_smart_shutdown()
+    env = {**FAST, "DATABASE_URL": url}
+    api = start_api(url)
+    names = ["late-1", "late-2"]
+    workers = [start_worker("--name", name, "--concurrency", "4", env=env) for name in names]
+    async with httpx.AsyncClient(timeout=10) as client:
+        await _answers(client, api.url, "/health", 200)
+        await _all_logged(workers, "the database system is shutting down")
+        await asyncio.sleep(2)  # several more rounds of retries in this phase
+        await assert_unavailable(client, api, workers)
+
+        # The last session ends, the server finishes its shutdown; then it is started again.
+        await held.close()
+        pid_file = owned_cluster.data_dir / "postmaster.pid"
+
+        async def gone() -> bool:
+            return not pid_file.exists()
+        await eventually(gone, timeout=30, interval=0.1)
+        owned_cluster.stop()
+        await assert_unavailable(client, api, workers)
+        owned_cluster.start()
+        figures = await run_jobs_once_back(client, api, url, names)
+    report("workers and API started while PostgreSQL was shutting down (smart)", {
+        **figures, "load": "20 x 0.1 s jobs, 2 workers x 4"})
+
+
+async def test_worker_stopped_while_postgresql_is_down_exits_and_its_job_runs_again(
+    owned_cluster: OwnedCluster, start_worker
+):
+    url = owned_cluster.database_url
+    env = {**FAST, "DATABASE_URL": url, "JOBQ_SHUTDOWN_GRACE_SECONDS": "1"}
+    leaving = start_worker("--name", "leaving", env=env)
+    conn = await db_engine.connect(url)
+    try:
+        [job] = await jobs.enqueue(conn, [jobs.JobRequest("system.sleep", {"seconds": 3})])
+        job_id = str(job)
+
+        async def running() -> bool:
+            return await conn.fetchval(
+                "SELECT status FROM job_overview WHERE id = $1::uuid", job_id) == "running"
+        await eventually(running, timeout=20, interval=0.1)
+    finally:
+        await conn.close()
+
+    owned_cluster.stop()
+    stopped_at = time.monotonic()
+    leaving.send_signal(signal.SIGTERM)
+    # Grace (1 s), the last chance of outcomes being written (10 s, see Worker._drain) and the
+    # bounded goodbye (5 s): it must not wait for the database beyond those.
+    await asyncio.to_thread(leaving.wait, 30)
+    took = time.monotonic() - stopped_at
+    assert leaving.returncode == 0, leaving.log_path.read_text()[-3000:]
+    assert took < 20, took
+
+    owned_cluster.start()
+    start_worker("--name", "after", env=env)
+    conn = await asyncpg.connect(url)
+    try:
+        async def succeeded() -> bool:
+            return await conn.fetchval(
+                "SELECT status FROM job_overview WHERE id = $1::uuid", job_id) == "succeeded"
+        await eventually(succeeded, timeout=30, interval=0.2)
+        figures = await check_ledger(conn, [job_id])
+        attempts = await conn.fetch(
+            "SELECT worker_name, outcome FROM job_attempts WHERE job_id = $1::uuid "
+            "ORDER BY number", job_id)
+    finally:
+        await conn.close()
+    assert [(a["worker_name"], a["outcome"]) for a in attempts] == [
+        ("leaving", "lost"), ("after", "succeeded")]
+    report("worker stopped (SIGTERM) while PostgreSQL was down", {
+        **figures, "exit_after_sigterm_s": round(took, 2)})
