@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 
 from service import attempts, errors
+from service import backend as backend_module
 from service.backend import Backend
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class Finisher:
         except errors.DatabaseUnavailable:
             raise
         except Exception as exc:
-            if errors.is_connection_loss(exc):
+            if backend_module.is_connection_loss(exc):
                 raise
             if len(batch) == 1:
                 logger.exception("worker %s: outcome of attempt %d not recorded; trying again",

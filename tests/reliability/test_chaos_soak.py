@@ -23,6 +23,7 @@ import pytest
 
 from service import jobs
 from service.db import engine as db_engine
+from service.domain import requests
 from tests.reliability.conftest import FAST, OwnedCluster
 from tests.reliability.ledger import LEDGER_DDL, check_executions, check_ledger, report
 
@@ -170,7 +171,8 @@ async def test_chaos_soak_every_job_succeeds_once_and_never_runs_twice_at_once(
                         "system.sleep", {"seconds": round(rng.uniform(*JOB_SECONDS), 2)},
                         # Each kill, freeze past the stall timeout and the restart can cost an
                         # attempt; the soak is about never losing a job, not about budgets.
-                        max_attempts=50, backoff={"base_seconds": 0.2, "cap_seconds": 2})
+                        max_attempts=50,
+                        backoff=requests.Backoff(base_seconds=0.2, cap_seconds=2))
                     for _ in range(500)])]
     finally:
         await conn.close()

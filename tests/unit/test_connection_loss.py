@@ -10,7 +10,7 @@ from procrastinate import exceptions as pq_exceptions
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
 
 from service import errors
-from service.backend import unavailable_on_connection_loss
+from service.backend import is_connection_loss, unavailable_on_connection_loss
 from service.db import engine
 
 
@@ -42,11 +42,11 @@ NOT_NOW = [
 
 @pytest.mark.parametrize("error", NOT_NOW, ids=lambda e: type(e).__name__)
 def test_lost_or_refused_connections_mean_not_now(error: Exception):
-    assert errors.is_connection_loss(error)
-    assert errors.is_connection_loss(through_sqlalchemy(error))
+    assert is_connection_loss(error)
+    assert is_connection_loss(through_sqlalchemy(error))
     wrapped = pq_exceptions.ConnectorException(str(error))
     wrapped.__cause__ = error
-    assert errors.is_connection_loss(wrapped)
+    assert is_connection_loss(wrapped)
 
 
 NOT_THIS = [
@@ -60,14 +60,14 @@ NOT_THIS = [
 
 @pytest.mark.parametrize("error", NOT_THIS, ids=lambda e: type(e).__name__)
 def test_refusals_and_bugs_are_not_connection_loss(error: Exception):
-    assert not errors.is_connection_loss(error)
-    assert not errors.is_connection_loss(through_sqlalchemy(error))
+    assert not is_connection_loss(error)
+    assert not is_connection_loss(through_sqlalchemy(error))
 
 
 def test_an_invalidated_connection_is_connection_loss():
     wrapped = sqlalchemy.exc.DBAPIError.instance(
         None, None, RuntimeError("x"), Exception, connection_invalidated=True)
-    assert errors.is_connection_loss(wrapped)
+    assert is_connection_loss(wrapped)
 
 
 def test_the_backend_raises_database_unavailable_and_lets_the_rest_through():
