@@ -1,8 +1,10 @@
 """Workers and the API while PostgreSQL takes no connections, in each phase of their life:
-started before the server (not started, then starting up), started while it shuts down, and
-stopped while it is away. They keep retrying, answer 503 problem+json (never 500), and run jobs
-once the database is back (issue 11: both workers of a run died registering, on
-`CannotConnectNowError: the database system is shutting down`)."""
+started before the server (not started, then starting up), started while it shuts down, running
+while it is away, and stopped while it is away. Processes that start wait for the database
+(`serve` and `worker` check its schema first, see docs/deploy.md); processes that run keep
+retrying and answer 503 problem+json, never 500; all of them run jobs once it is back
+(issue 11: both workers of a run died registering, on `CannotConnectNowError: the database
+system is shutting down`)."""
 
 from __future__ import annotations
 
@@ -22,14 +24,18 @@ from tests.reliability.ledger import check_ledger, report
 
 BODY = {"type": "system.sleep", "payload": {"seconds": 0.1}}
 
+PHASE_SECONDS = 3
+"""How long each phase of unavailability lasts: several rounds of retries (one a second)."""
 
-async def _answers(client: httpx.AsyncClient, url: str, path: str, status: int) -> None:
+
+async def _answers(client: httpx.AsyncClient, url: str, path: str, status: int,
+                   timeout: float = 30) -> None:
     async def check() -> bool:
         try:
             return (await client.get(f"{url}{path}")).status_code == status
         except httpx.TransportError:
             return False
-    await eventually(check, timeout=30, interval=0.2)
+    await eventually(check, timeout=timeout, interval=0.2)
 
 
 async def _all_logged(workers: list[subprocess.Popen], text: str, timeout: float = 30) -> None:
@@ -38,28 +44,47 @@ async def _all_logged(workers: list[subprocess.Popen], text: str, timeout: float
     await eventually(check, timeout=timeout, interval=0.2)
 
 
-async def assert_unavailable(client: httpx.AsyncClient, api: ApiProcess,
-                             workers: list[subprocess.Popen]) -> None:
-    """The API says so (503 problem+json with Retry-After) and every worker still lives."""
+class ServerLog:
+    """Counts the connections the server refused with `message` since the mark."""
+
+    def __init__(self, cluster: OwnedCluster, message: str) -> None:
+        self.path = cluster.data_dir / "server.log"
+        self.message = message
+        self.start = self._count()
+
+    def _count(self) -> int:
+        return self.path.read_text(errors="replace").count(self.message)
+
+    def refused(self) -> int:
+        return self._count() - self.start
+
+
+def assert_alive(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        assert process.poll() is None, process.log_path.read_text()[-3000:]  # type: ignore[attr-defined]
+
+
+async def assert_unavailable(client: httpx.AsyncClient, api: ApiProcess) -> None:
+    """A running API says so: 503 problem+json with Retry-After, for /ready and a submission."""
     ready = await client.get(f"{api.url}/ready")
     assert ready.status_code == 503, ready.text
     response = await client.post(f"{api.url}/api/v1/jobs", json=BODY)
     assert response.status_code == 503, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     assert int(response.headers["retry-after"]) > 0
-    for worker in workers:
-        assert worker.poll() is None, worker.log_path.read_text()[-3000:]  # type: ignore[attr-defined]
 
 
-async def run_jobs_once_back(client: httpx.AsyncClient, api: ApiProcess, database_url: str,
-                             names: list[str], count: int = 20) -> dict:
-    """Once the database is back: ready, jobs accepted and run once, every worker registered."""
-    await _answers(client, api.url, "/ready", 200)
+async def run_jobs_once_back(client: httpx.AsyncClient, apis: list[ApiProcess],
+                             database_url: str, names: list[str], count: int = 20) -> dict:
+    """Once the database is back: every API ready and taking jobs, every job run once, every
+    worker registered."""
     ids = []
-    for _ in range(count):
-        response = await client.post(f"{api.url}/api/v1/jobs", json=BODY)
-        assert response.status_code == 201, response.text
-        ids.append(response.json()["id"])
+    for api in apis:
+        await _answers(client, api.url, "/ready", 200)
+        for _ in range(count // len(apis)):
+            response = await client.post(f"{api.url}/api/v1/jobs", json=BODY)
+            assert response.status_code == 201, response.text
+            ids.append(response.json()["id"])
     conn = await asyncpg.connect(database_url)
     try:
         async def done() -> bool:
@@ -81,35 +106,44 @@ async def test_workers_and_api_started_before_postgresql_wait_until_it_has_start
     owned_cluster: OwnedCluster, start_api, start_worker
 ):
     url = owned_cluster.database_url
-    owned_cluster.stop()
     env = {**FAST, "DATABASE_URL": url}
-    api = start_api(url)
-    names = ["early-1", "early-2"]
-    workers = [start_worker("--name", name, "--concurrency", "4", env=env) for name in names]
     async with httpx.AsyncClient(timeout=10) as client:
-        await _answers(client, api.url, "/health", 200)
+        running_api = start_api(url)  # up before the database goes away
+        await _answers(client, running_api.url, "/ready", 200)
+        owned_cluster.stop()
+        await assert_unavailable(client, running_api)
+
         # Not started: no socket to connect to.
-        await _all_logged(workers, "cannot register yet")
-        await assert_unavailable(client, api, workers)
+        new_api = start_api(url)
+        names = ["early-1", "early-2"]
+        workers = [start_worker("--name", name, "--concurrency", "4", env=env)
+                   for name in names]
+        await _all_logged(workers, "waiting for the database")
+        await asyncio.sleep(PHASE_SECONDS)
+        assert_alive([*workers, new_api.process])
+        await assert_unavailable(client, running_api)
 
         # A worker told to stop while it waits for the database goes at once.
         quitter = start_worker("--name", "quitter", env=env)
-        await _all_logged([quitter], "cannot register yet")
+        await _all_logged([quitter], "waiting for the database")
         quitter.send_signal(signal.SIGTERM)
         await asyncio.to_thread(quitter.wait, 10)
-        assert quitter.returncode == 0, quitter.log_path.read_text()[-3000:]
+        assert quitter.returncode in (0, -signal.SIGTERM), quitter.log_path.read_text()[-3000:]
 
         # Starting up: the server runs and refuses every connection (57P03).
         started = owned_cluster.start_in_recovery()
-        await _all_logged(workers, "not accepting connections")
-        await asyncio.sleep(2)  # several more rounds of retries in this phase
-        await assert_unavailable(client, api, workers)
+        refusals = ServerLog(owned_cluster, "the database system is not accepting connections")
+        await asyncio.sleep(PHASE_SECONDS)
+        assert_alive([*workers, new_api.process])
+        await assert_unavailable(client, running_api)
+        assert refusals.refused() >= len(workers), "they kept knocking while it started up"
 
         owned_cluster.promote()
         await started
-        figures = await run_jobs_once_back(client, api, url, names)
+        figures = await run_jobs_once_back(client, [running_api, new_api], url, names)
     report("workers and API started before PostgreSQL (down, then starting up)", {
-        **figures, "load": "20 x 0.1 s jobs, 2 workers x 4"})
+        **figures, "refused_while_starting_up": refusals.refused(),
+        "load": "20 x 0.1 s jobs, 2 workers x 4"})
 
 
 async def test_workers_and_api_started_while_postgresql_shuts_down_wait_for_its_restart(
@@ -118,15 +152,16 @@ async def test_workers_and_api_started_while_postgresql_shuts_down_wait_for_its_
     url = owned_cluster.database_url
     held = await asyncpg.connect(url)
     owned_cluster.begin_smart_shutdown()
+    refusals = ServerLog(owned_cluster, "the database system is shutting down")
     env = {**FAST, "DATABASE_URL": url}
     api = start_api(url)
     names = ["late-1", "late-2"]
     workers = [start_worker("--name", name, "--concurrency", "4", env=env) for name in names]
     async with httpx.AsyncClient(timeout=10) as client:
-        await _answers(client, api.url, "/health", 200)
-        await _all_logged(workers, "the database system is shutting down")
-        await asyncio.sleep(2)  # several more rounds of retries in this phase
-        await assert_unavailable(client, api, workers)
+        await _all_logged(workers, "waiting for the database")
+        await asyncio.sleep(PHASE_SECONDS)
+        assert_alive([*workers, api.process])
+        assert refusals.refused() >= len(workers), "they kept knocking while it shut down"
 
         # The last session ends, the server finishes its shutdown; then it is started again.
         await held.close()
@@ -136,11 +171,51 @@ async def test_workers_and_api_started_while_postgresql_shuts_down_wait_for_its_
             return not pid_file.exists()
         await eventually(gone, timeout=30, interval=0.1)
         owned_cluster.stop()
-        await assert_unavailable(client, api, workers)
+        assert_alive([*workers, api.process])
         owned_cluster.start()
-        figures = await run_jobs_once_back(client, api, url, names)
+        figures = await run_jobs_once_back(client, [api], url, names)
     report("workers and API started while PostgreSQL was shutting down (smart)", {
-        **figures, "load": "20 x 0.1 s jobs, 2 workers x 4"})
+        **figures, "refused_while_shutting_down": refusals.refused(),
+        "load": "20 x 0.1 s jobs, 2 workers x 4"})
+
+
+async def test_running_workers_survive_a_server_that_restarts_into_recovery(
+    owned_cluster: OwnedCluster, start_api, start_worker
+):
+    """Registered and working when the server goes down, then starts up slowly: the workers'
+    claim, heartbeat, finish and progress calls all meet 57P03 for a while."""
+    url = owned_cluster.database_url
+    env = {**FAST, "DATABASE_URL": url}
+    names = ["steady-1", "steady-2"]
+    workers = [start_worker("--name", name, "--concurrency", "4", env=env) for name in names]
+    async with httpx.AsyncClient(timeout=10) as client:
+        api = start_api(url)
+        await _answers(client, api.url, "/ready", 200)
+        await _all_logged(workers, "registered as")
+        long = [(await client.post(f"{api.url}/api/v1/jobs", json={
+            "type": "system.sleep", "payload": {"seconds": 2}})).json()["id"] for _ in range(4)]
+        owned_cluster.stop()
+        started = owned_cluster.start_in_recovery()
+        refusals = ServerLog(owned_cluster, "the database system is not accepting connections")
+        await asyncio.sleep(PHASE_SECONDS)
+        assert_alive(workers)
+        await assert_unavailable(client, api)
+        assert refusals.refused() >= len(workers)
+        owned_cluster.promote()
+        await started
+        figures = await run_jobs_once_back(client, [api], url, names)
+    conn = await asyncpg.connect(url)
+    try:
+        async def long_done() -> bool:
+            return await conn.fetchval(
+                "SELECT count(*) FROM job_overview WHERE id = ANY($1::uuid[]) "
+                "AND status = 'succeeded'", long) == len(long)
+        await eventually(long_done, timeout=30, interval=0.2)
+        await check_ledger(conn, long)
+    finally:
+        await conn.close()
+    report("PostgreSQL restarted into a slow start-up under running workers", {
+        **figures, "refused_while_starting_up": refusals.refused()})
 
 
 async def test_worker_stopped_while_postgresql_is_down_exits_and_its_job_runs_again(
