@@ -44,6 +44,12 @@ class Heartbeat:
                 # The whole process was frozen (SIGSTOP, a suspended VM): assume the worst.
                 worker.abandon_all("the process was paused for "
                                    f"{time.monotonic() - before:.0f} s")
+            elif time.monotonic() - last_ok > self.fence:
+                # Frozen for less than that, but on top of a wait for the last heartbeat: the
+                # database may have declared us dead already. Stop before asking it (a round
+                # trip more of the jobs running twice).
+                worker.abandon_all("no heartbeat reached the database for "
+                                   f"{time.monotonic() - last_ok:.1f} s")
             beat = asyncio.create_task(self._beat(), name="heartbeat-call")
             try:
                 # A call stuck on a half-open connection (a partition) fails only when TCP gives
