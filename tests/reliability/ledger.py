@@ -102,10 +102,13 @@ async def recorded_sleep(run: Any, payload: Any) -> dict[str, Any]:
                 "VALUES ($1, $2, $3, $4, $5, $6)",
                 execution, run.job_id, run.attempt_id,
                 os.environ.get("JOBQ_LEDGER_WORKER", "?"), os.getpid(), started)
-    except errors.DatabaseUnavailable as exc:
-        # The insert may have committed with its answer lost: then it did no work, and says so.
+    except BaseException as exc:
+        # The insert may have committed with its answer lost (the connection dropped, or the
+        # job was stopped while it waited): then it did no work, and its row says so.
         _pending.add(asyncio.ensure_future(_write_end(run.backend, execution, started)))
-        raise errors.TransientJobError(f"ledger unavailable, nothing done: {exc}") from exc
+        if isinstance(exc, errors.DatabaseUnavailable):
+            raise errors.TransientJobError(f"ledger unavailable, nothing done: {exc}") from exc
+        raise
     try:
         await asyncio.sleep(payload.seconds)  # the work
     finally:
@@ -164,14 +167,15 @@ async def check_executions(conn: asyncpg.Connection, job_ids: list[str],
     process killed with SIGKILL (it ended then); and, counting only the time each process was
     not frozen, how much any two executions of one job overlapped. Returns the figures."""
     rows = await conn.fetch(
-        "SELECT job_id::text, pid, started_at, ended_at FROM reliability_ledger "
+        "SELECT job_id::text, attempt_id, worker, pid, started_at, ended_at "
+        "FROM reliability_ledger "
         "WHERE job_id = ANY($1::uuid[]) ORDER BY job_id, started_at", job_ids)
     by_job: dict[str, list] = defaultdict(list)
     unended = 0
     for row in rows:
         end = row["ended_at"]
         if end is None:
-            assert row["pid"] in killed, f"an execution never ended, in live pid {row['pid']}"
+            assert row["pid"] in killed, f"an execution never ended, in a live worker: {row}"
             end, unended = killed[row["pid"]], unended + 1
         by_job[row["job_id"]].append(
             _minus((row["started_at"], end), frozen.get(row["pid"], [])))
