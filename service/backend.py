@@ -56,7 +56,7 @@ class Backend:
 # lives here, with the driver, not in service/errors.py: the domain imports errors and must not
 # reach asyncpg or SQLAlchemy through it (see the import contracts in pyproject.toml).
 
-CONNECTION_LOSS_TYPES: tuple[type[BaseException], ...] = (
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     # Refused, reset, unreachable, no socket file, and every timeout (TimeoutError is an OSError:
     # asyncpg's connect timeout and command_timeout raise it).
     OSError,
@@ -94,7 +94,7 @@ def is_connection_loss(exc: BaseException) -> bool:
         if error is None or id(error) in seen:
             continue
         seen.add(id(error))
-        if isinstance(error, (errors.DatabaseUnavailable, *CONNECTION_LOSS_TYPES)):
+        if isinstance(error, (errors.DatabaseUnavailable, *CONNECTION_ERRORS)):
             return True
         sqlstate = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
         if isinstance(sqlstate, str) and sqlstate.startswith(CONNECTION_LOSS_SQLSTATES):
