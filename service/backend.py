@@ -63,6 +63,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     # asyncpg: "connection is closed", and the 08xxx class (connection does not exist, failure).
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
+    # asyncpg's own state broken by a connection killed in mid-command ("cannot switch to
+    # state 12; another operation is in progress"): that connection is dropped, the next works.
+    asyncpg.InternalClientError,
     # SQLAlchemy: no pooled connection free within pool_timeout (they are all stuck on a
     # database that does not answer); and the DBAPI's classes for lost connections.
     sqlalchemy.exc.TimeoutError,

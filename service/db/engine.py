@@ -178,6 +178,18 @@ def make_engine(database_url: str, pool_size: int = Settings.pool_size, *,
     return engine
 
 
+_CONNECTION_DONE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,  # 08xxx
+    asyncpg.AdminShutdownError,  # 57P01: the server ends this session
+    asyncpg.CrashShutdownError,  # 57P02
+)
+"""Errors after which this one connection is of no further use (whether the database is
+unavailable is service.backend.is_connection_loss's question)."""
+
+
 @contextlib.asynccontextmanager
 async def raw_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
     """Borrow a pooled asyncpg connection; jsonb parameters are JSON text, results are decoded."""
@@ -186,9 +198,12 @@ async def raw_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connectio
         driver: asyncpg.Connection = fairy.driver_connection  # type: ignore[assignment]
         try:
             yield driver
-        except BaseException:
-            if driver.is_closed():
-                # The server or the network dropped it: never hand it out again.
+        except BaseException as exc:
+            if driver.is_closed() or isinstance(exc, _CONNECTION_DONE):
+                # The server or the network dropped it, or is about to (the server's goodbye
+                # arrives before the socket closes), or its protocol state is broken: never hand
+                # it out again. Reused, it failed the next request with "another operation is
+                # in progress" (seen when PostgreSQL stopped under load).
                 await conn.invalidate()
             raise
 

@@ -34,6 +34,8 @@ NOT_NOW = [
     asyncpg.TooManyConnectionsError("sorry, too many clients already"),
     asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
     asyncpg.InterfaceError("connection is closed"),
+    # Seen in the API while PostgreSQL stopped under load.
+    asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"),
     ConnectionRefusedError(111, "Connect call failed"),
     FileNotFoundError(2, "No such file or directory"),  # the Unix socket is gone
     TimeoutError(),  # connect timeout, command_timeout
