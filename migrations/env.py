@@ -42,7 +42,8 @@ async def run_online() -> None:
     url = config.attributes.get("database_url") or os.environ.get("DATABASE_URL")
     if not url:
         raise SystemExit("DATABASE_URL is not set: say which database to migrate.")
-    engine = db_engine.make_engine(url, poolclass=NullPool)
+    # No per-call limit: a migration may rewrite a large table.
+    engine = db_engine.make_engine(url, poolclass=NullPool, command_timeout=None)
     try:
         async with engine.connect() as conn:
             await conn.run_sync(run_with)

@@ -218,7 +218,7 @@ _UNREACHABLE_LOG_EVERY = 30.0  # seconds between "still waiting" lines
 
 async def _schema_check(database_url: str) -> SchemaCheck:
     """The database's schema beside this code's, once the database can be reached."""
-    from service.backend import CONNECTION_ERRORS
+    from service.backend import is_connection_loss
     from service.db import migrate
 
     last_logged = None
@@ -227,16 +227,17 @@ async def _schema_check(database_url: str) -> SchemaCheck:
             return await migrate.check_schema(database_url)
         except ValueError as exc:  # a malformed URL (asyncpg's own error is one too)
             raise StartError(f"DATABASE_URL cannot be used: {exc}") from exc
-        except CONNECTION_ERRORS as exc:
+        except Exception as exc:
+            if not is_connection_loss(exc):  # refused for good: wrong password, no database...
+                raise StartError(
+                    f"cannot read the database's schema revision: {type(exc).__name__}: {exc}"
+                ) from exc
+            # Not started, starting up, shutting down, unreachable: wait for it.
             now = asyncio.get_running_loop().time()
             if last_logged is None or now - last_logged >= _UNREACHABLE_LOG_EVERY:
                 logger.warning("waiting for the database, which cannot be reached yet: %s", exc)
                 last_logged = now
             await asyncio.sleep(1)
-        except Exception as exc:  # refused for good: wrong password, no such database...
-            raise StartError(
-                f"cannot read the database's schema revision: {type(exc).__name__}: {exc}"
-            ) from exc
 
 
 async def _migrate_to_head(database_url: str) -> None:

@@ -87,9 +87,11 @@ class Finisher:
             async with self.backend.connection() as conn:
                 recorded = await attempts.finish(conn, [p.ending for p in batch])
             return [recorded.get(p.ending.attempt_id) for p in batch]
-        except (errors.DatabaseUnavailable, *backend_module.CONNECTION_ERRORS):
+        except errors.DatabaseUnavailable:
             raise
-        except Exception:
+        except Exception as exc:
+            if backend_module.is_connection_loss(exc):
+                raise
             if len(batch) == 1:
                 logger.exception("worker %s: outcome of attempt %d not recorded; trying again",
                                  self.name, batch[0].ending.attempt_id)

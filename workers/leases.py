@@ -112,6 +112,16 @@ async def held_attempts(conn: asyncpg.Connection, worker_id: int,
     return {r["id"] for r in rows}
 
 
+async def closed_attempts(conn: asyncpg.Connection, attempt_ids: list[int]) -> set[int]:
+    """Which of these attempts are closed: their lease is gone (recovered as lost while this
+    worker was paused or cut off), whatever the worker's own row says."""
+    rows = await conn.fetch(
+        "SELECT id FROM job_attempts WHERE id = ANY($1::bigint[]) AND finished_at IS NOT NULL",
+        attempt_ids,
+    )
+    return {r["id"] for r in rows}
+
+
 async def attempt_of_queue_job(conn: asyncpg.Connection, queue_job_id: int) -> int | None:
     """The open attempt of a Procrastinate job, if any."""
     return await conn.fetchval(

@@ -44,6 +44,9 @@ FINISH_BACKLOG = 4
 enough for the finisher to gather several claims' worth per commit, and a bound on the open
 attempts of jobs that are already done."""
 
+UNREGISTER_TIMEOUT = 5.0
+"""Seconds a stopping worker tries to remove its row before it exits anyway."""
+
 
 @dataclass
 class _Running:
@@ -100,7 +103,10 @@ class Worker:
         """Work until request_stop(); then drain and unregister."""
         for resource in self._resources:
             await resource.start()
-        await self._register()
+        if not await self._register():  # stopped before the database could be reached
+            for resource in self._resources:
+                await resource.close()
+            return
         self._background = [
             asyncio.create_task(self.heartbeat.run(), name="heartbeat"),
             asyncio.create_task(self.claimer.listen(), name="listen"),
@@ -118,8 +124,10 @@ class Worker:
             for resource in self._resources:
                 await resource.close()
 
-    async def _register(self) -> None:
-        while True:
+    async def _register(self) -> bool:
+        """Register, retrying while the database is unavailable (not started yet, starting up,
+        shutting down, unreachable); False if the worker was told to stop first."""
+        while not self.stopping.is_set():
             try:
                 async with self.backend.connection() as conn:
                     self.worker_id = await leases.register(
@@ -127,17 +135,24 @@ class Worker:
                         self.queues or [], self.concurrency)
                 logger.info("worker %s registered as %s, queues=%s, concurrency=%d",
                             self.name, self.worker_id, self.queues or "all", self.concurrency)
-                return
+                return True
             except errors.DatabaseUnavailable as exc:
                 logger.warning("worker %s cannot register yet: %s", self.name, exc)
-                await asyncio.sleep(1)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), timeout=1)
+        return False
 
     async def _unregister(self) -> None:
         if self.worker_id is None:
             return
-        with contextlib.suppress(Exception):
-            async with self.backend.connection() as conn:
-                await leases.unregister(conn, self.worker_id)
+        try:
+            # Best effort and bounded: a worker that cannot say goodbye is pruned as stalled.
+            async with asyncio.timeout(UNREGISTER_TIMEOUT):
+                async with self.backend.connection() as conn:
+                    await leases.unregister(conn, self.worker_id)
+        except Exception as exc:
+            logger.warning("worker %s: could not unregister (%s); it will be pruned as stalled",
+                           self.name, exc)
         logger.info("worker %s stopped", self.name)
 
     # -- jobs in hand ------------------------------------------------------------------------
@@ -191,6 +206,8 @@ class Worker:
     async def lease_lost(self) -> None:
         """Declared dead while alive (a long pause, a partition): our jobs now belong to
         others. Stop them (their writes would be refused anyway) and register anew."""
+        logger.warning("worker %s was declared dead (silent longer than the stall timeout); "
+                       "registering again", self.name)
         self.abandon_all("it was declared dead")
         await self._register()
 

@@ -15,6 +15,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 
+from service.db import engine as db_engine
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 FIX = "jobq migrate"
@@ -126,7 +128,8 @@ class SchemaCheck:
 
 async def check_schema(database_url: str, timeout: float = 5) -> SchemaCheck:
     """Read the revision of the database at `database_url` (its own short connection)."""
-    conn = await asyncpg.connect(database_url, timeout=timeout)
+    # Made like every other connection: libpq's client parameters understood, keepalives on.
+    conn = await db_engine.connect(database_url, timeout=timeout)
     try:
         return SchemaCheck.of(await read_revision(conn))
     finally:

@@ -78,10 +78,12 @@ def start_api(database_url: str, tmp_path: Path) -> Iterator:
 
 
 class OwnedCluster:
-    """A PostgreSQL server this test owns, to stop and start under load."""
+    """A PostgreSQL server this test owns, to stop and start under load, hold in recovery
+    (what clients of a server that is starting up see) or leave shutting down."""
 
     def __init__(self, data_dir: Path) -> None:
         self.server = EmbeddedPostgres(data_dir)
+        self.data_dir = self.server.data_dir
         self.database_url = ""
 
     async def open(self) -> None:
@@ -94,6 +96,30 @@ class OwnedCluster:
 
     def start(self) -> None:
         self.server.start()
+
+    @property
+    def postmaster_pid(self) -> int:
+        return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+
+    def start_in_recovery(self) -> asyncio.Future:
+        """Start the stopped server as a standby with hot standby off: it runs, and refuses
+        every connection with "the database system is not accepting connections" (57P03,
+        CannotConnectNowError, as while it starts up) until `promote()`. Returns the start,
+        which completes once it accepts connections."""
+        with open(self.data_dir / "postgresql.auto.conf", "a") as conf:
+            conf.write("hot_standby = off\n")
+        (self.data_dir / "standby.signal").touch()
+        return asyncio.ensure_future(asyncio.to_thread(self.server.start))
+
+    def promote(self) -> None:
+        """End recovery (what `pg_ctl promote` does): the server accepts connections."""
+        (self.data_dir / "promote").touch()
+        os.kill(self.postmaster_pid, signal.SIGUSR1)
+
+    def begin_smart_shutdown(self) -> None:
+        """`pg_ctl stop -m smart`: sessions open now go on, new connections are refused with
+        "the database system is shutting down" until the last one ends."""
+        os.kill(self.postmaster_pid, signal.SIGTERM)
 
 
 @pytest.fixture
