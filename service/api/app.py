@@ -8,7 +8,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from service.api import compat, dashboard, ops
+from service.api import compat, dashboard, guards, ops
 from service.api import conversions as conversion_routes
 from service.api import errors as api_errors
 from service.api import events as event_routes
@@ -61,6 +61,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
             "hub": Provide(event_routes.provide_hub, sync_to_thread=False),
         },
         exception_handlers=api_errors.EXCEPTION_HANDLERS,
+        before_request=guards.refuse_nul,
         on_startup=[open_backend],
         on_shutdown=[close_backend],
         state=State({"backend": backend}),

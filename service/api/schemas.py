@@ -12,6 +12,7 @@ from litestar.dto import MsgspecDTO
 from litestar.exceptions import ClientException, ValidationException
 
 from service import errors
+from service.domain import limits
 
 API = "/api/v1"
 
@@ -23,10 +24,17 @@ class StrictJSON(MsgspecDTO):
     def decode_bytes(self, value: bytes) -> Any:
         try:
             return msgspec.json.decode(value, type=self.model_type, strict=True)
+        except RecursionError:
+            raise too_deep("body") from None
         except msgspec.ValidationError as exc:
             raise ValidationException(extra=[{"message": str(exc)}]) from exc
         except msgspec.DecodeError as exc:
             raise ClientException(str(exc)) from exc
+
+
+def too_deep(field: str) -> errors.InvalidRequest:
+    message = f"nests too deep (more than {limits.MAX_JSON_DEPTH} levels)"
+    return errors.InvalidRequest(f"{field}: {message}.", [errors.FieldError(field, message)])
 
 
 def parse_job_id(raw: str) -> uuid.UUID:
