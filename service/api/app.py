@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
@@ -62,6 +64,14 @@ def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
         },
         exception_handlers=api_errors.EXCEPTION_HANDLERS,
         before_request=guards.refuse_nul,
+        middleware=[DefineMiddleware(guards.BrowserGuard, policy=guards.HostPolicy(settings))],
+        # No CORS headers at all unless JOBQ_CORS_ORIGINS names the sites that may call.
+        cors_config=CORSConfig(
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["content-type", "idempotency-key", "authorization", "last-event-id"],
+            expose_headers=["location", "retry-after"],
+        ) if settings.cors_origins else None,
         on_startup=[open_backend],
         on_shutdown=[close_backend],
         state=State({"backend": backend}),
