@@ -259,3 +259,32 @@ async def test_ready_never_shows_sql(client):
     response = await client.get("/ready")
     assert response.status_code == 200
     assert "SELECT" not in response.text
+
+
+# -- nothing internal leaks ------------------------------------------------------------------
+
+
+async def test_history_tracebacks_show_no_server_paths(client, start_worker):
+    import asyncio
+    import sys
+    import time
+    from pathlib import Path
+
+    import service
+
+    response = await client.post("/api/v1/jobs", json={
+        **SLEEP, "payload": {"seconds": 0.05, "fail_times": 5}, "max_attempts": 1})
+    job_id = response.json()["id"]
+    start_worker()
+    deadline = time.monotonic() + 30
+    while (await client.get(f"/api/v1/jobs/{job_id}")).json()["status"] != "failed":
+        assert time.monotonic() < deadline, "the job never failed"
+        await asyncio.sleep(0.1)
+    [attempt] = (await client.get(f"/api/v1/jobs/{job_id}/history")).json()["attempts"]
+    trace = attempt["error"]["traceback"]
+    assert "Traceback" in trace and 'File "' in trace  # still useful to whoever reads it
+    project = str(Path(service.__file__).resolve().parent.parent)
+    assert project not in trace, trace
+    assert sys.prefix not in trace, trace
+    assert 'File "/' not in trace, trace
+    assert 'File "service/' in trace or 'File "workers/' in trace, trace
