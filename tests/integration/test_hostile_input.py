@@ -288,3 +288,21 @@ async def test_history_tracebacks_show_no_server_paths(client, start_worker):
     assert sys.prefix not in trace, trace
     assert 'File "/' not in trace, trace
     assert 'File "service/' in trace or 'File "workers/' in trace, trace
+
+
+# -- /api/v2 reaches only conversions ------------------------------------------------------
+
+
+async def test_v2_does_not_reach_other_job_types(client, backend):
+    queued = (await client.post("/api/v1/jobs", json=SLEEP)).json()
+    cancelled = (await client.post("/api/v1/jobs", json=SLEEP)).json()
+    assert (await client.post(f"/api/v1/jobs/{cancelled['id']}/cancel")).status_code == 200
+    for job in (queued, cancelled):
+        status = await client.get(f"/api/v2/status/{job['id']}")
+        assert status.status_code == 404, status.text
+        assert status.json() == {"error": "Job not found"}
+        removed = await client.delete(f"/api/v2/jobs/{job['id']}")
+        assert removed.status_code == 404, removed.text
+    # both still there, untouched
+    assert (await client.get(f"/api/v1/jobs/{queued['id']}")).json()["status"] == "queued"
+    assert (await client.get(f"/api/v1/jobs/{cancelled['id']}")).json()["status"] == "cancelled"
