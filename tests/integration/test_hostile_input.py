@@ -3,12 +3,19 @@ fix, never a 500, and a request that fails creates nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
+import service
 from service.backend import Backend
+
+PROJECT = Path(service.__file__).resolve().parent.parent
 
 PROBLEM = "application/problem+json"
 SLEEP = {"type": "system.sleep", "payload": {"seconds": 1}}
@@ -265,13 +272,6 @@ async def test_ready_never_shows_sql(client):
 
 
 async def test_history_tracebacks_show_no_server_paths(client, start_worker):
-    import asyncio
-    import sys
-    import time
-    from pathlib import Path
-
-    import service
-
     response = await client.post("/api/v1/jobs", json={
         **SLEEP, "payload": {"seconds": 0.05, "fail_times": 5}, "max_attempts": 1})
     job_id = response.json()["id"]
@@ -283,7 +283,7 @@ async def test_history_tracebacks_show_no_server_paths(client, start_worker):
     [attempt] = (await client.get(f"/api/v1/jobs/{job_id}/history")).json()["attempts"]
     trace = attempt["error"]["traceback"]
     assert "Traceback" in trace and 'File "' in trace  # still useful to whoever reads it
-    project = str(Path(service.__file__).resolve().parent.parent)
+    project = str(PROJECT)
     assert project not in trace, trace
     assert sys.prefix not in trace, trace
     assert 'File "/' not in trace, trace
