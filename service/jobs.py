@@ -15,7 +15,7 @@ import msgspec
 
 from service import errors
 from service.backend import Backend
-from service.domain import requests
+from service.domain import limits, requests
 
 # The request type and its limits, under the names Python callers have used (jobs.JobRequest).
 from service.domain.requests import MAX_BATCH, QUEUE_NAME, JobRequest  # noqa: F401
@@ -202,9 +202,12 @@ def encode_cursor(row: dict[str, Any]) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, job_id = msgspec.json.decode(raw)
-        return datetime.fromisoformat(created_at), uuid.UUID(job_id)
-    except (ValueError, TypeError, msgspec.DecodeError):
+        created_at, job_id = msgspec.json.decode(raw, type=tuple[str, str])
+        when = limits.utc(datetime.fromisoformat(created_at))
+        if when is None or "\x00" in job_id:
+            raise ValueError("not a time in UTC")
+        return when, uuid.UUID(job_id)
+    except (ValueError, TypeError, RecursionError, msgspec.DecodeError):
         raise errors.InvalidRequest(
             "The cursor is not one this API returned; pass next_cursor from the last page.",
             [errors.FieldError("cursor", "unrecognised cursor")],
@@ -221,6 +224,8 @@ async def list_jobs(
             [errors.FieldError("limit", f"must be between 1 and {MAX_LIST_LIMIT}")],
         )
     after = decode_cursor(cursor) if cursor else (None, None)
+    created_after = _filter_time("created_after", filters.created_after)
+    created_before = _filter_time("created_before", filters.created_before)
     rows = await _fetch(
         backend,
         """
@@ -236,11 +241,22 @@ async def list_jobs(
         LIMIT $8
         """,
         filters.status.value if filters.status else None, filters.type, filters.queue,
-        filters.created_after, filters.created_before, after[0], after[1], limit + 1,
+        created_after, created_before, after[0], after[1], limit + 1,
         filters.key,
     )
     items = rows[:limit]
     return items, encode_cursor(items[-1]) if len(rows) > limit else None
+
+
+def _filter_time(field: str, value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    converted = limits.utc(value)
+    if converted is None:
+        raise errors.InvalidRequest(
+            f"{field} cannot be written in UTC (it overflows the calendar); use a date "
+            "between years 1 and 9999 in UTC.", [errors.FieldError(field, "out of range")])
+    return converted
 
 
 async def _fetch(backend: Backend, query: str, *args: Any) -> list[dict[str, Any]]:

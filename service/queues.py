@@ -6,6 +6,7 @@ from typing import Any
 
 from service import errors
 from service.backend import Backend
+from service.domain import requests
 from service.domain.status import Status
 from service.jobs import QUEUE_NAME
 
@@ -51,8 +52,8 @@ async def set_paused(backend: Backend, name: str, paused: bool) -> dict[str, Any
     """Pause or resume a queue for every worker; persists across restarts."""
     if not QUEUE_NAME.match(name):
         raise errors.InvalidRequest(
-            "Queue names are 1-128 letters, digits, '_', '.' or '-'.",
-            [errors.FieldError("name", "invalid queue name")],
+            f"The queue name {requests.QUEUE_NAME_RULE}.",
+            [errors.FieldError("name", requests.QUEUE_NAME_RULE)],
         )
     async with backend.connection() as conn:
         await conn.execute("SELECT jobq_set_queue_paused($1, $2)", name, paused)

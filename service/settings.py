@@ -71,6 +71,17 @@ def _networks(name: str, raw: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
+def _hosts(name: str, raw: str) -> tuple[str, ...]:
+    hosts = tuple(h.lower() for h in _list(name, raw))
+    for host in hosts:
+        if host != "*" and ("*" in host.removeprefix("*.") or (":" in host.strip("[]") and
+                            not host.startswith("["))):
+            raise SettingsError(
+                f"{name} must be comma-separated host names without ports, e.g. "
+                f"localhost,jobq.example.com,*.example.com,[::1], got {host!r}")
+    return hosts
+
+
 def _database_url(name: str, raw: str) -> str | None:
     if not raw:
         return None
@@ -168,6 +179,16 @@ class Settings:
     webhook_timeout: Annotated[timedelta, Var(
         "JOBQ_WEBHOOK_TIMEOUT_SECONDS", "connect and read timeout of one webhook delivery",
         _seconds)] = timedelta(seconds=10)
+    allowed_hosts: Annotated[tuple[str, ...], Var(
+        "JOBQ_ALLOWED_HOSTS",
+        "host names the API answers to (the `Host` header, and the `Origin` of browser "
+        "requests), comma-separated, besides the address it listens on; `*.example.com` "
+        "allows subdomains, `*` any host (docs/security.md)", _hosts,
+        shown="`127.0.0.1,localhost,[::1]`")] = ("127.0.0.1", "localhost", "[::1]")
+    cors_origins: Annotated[tuple[str, ...], Var(
+        "JOBQ_CORS_ORIGINS",
+        "origins other web sites' pages may call the API from (CORS), comma-separated, e.g. "
+        "`https://app.example.com`; `*` any", _list, shown="none: CORS closed")] = ()
     extra: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Unrecognised `JOBQ_*` variables, kept to warn about typos."""
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from service.api import compat, dashboard, ops
+from service.api import compat, dashboard, guards, ops
 from service.api import conversions as conversion_routes
 from service.api import errors as api_errors
 from service.api import events as event_routes
@@ -62,6 +64,15 @@ def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
             "hub": Provide(event_routes.provide_hub, sync_to_thread=False),
         },
         exception_handlers=api_errors.EXCEPTION_HANDLERS,
+        before_request=guards.refuse_nul,
+        middleware=[DefineMiddleware(guards.BrowserGuard, policy=guards.HostPolicy(settings))],
+        # No CORS headers at all unless JOBQ_CORS_ORIGINS names the sites that may call.
+        cors_config=CORSConfig(
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["content-type", "idempotency-key", "authorization", "last-event-id"],
+            expose_headers=["location", "retry-after"],
+        ) if settings.cors_origins else None,
         on_startup=[open_backend],
         on_shutdown=[close_backend],
         state=State({"backend": backend}),

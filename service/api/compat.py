@@ -106,6 +106,14 @@ def _v2_backoff(raw: str) -> requests.Backoff:
         f"got {raw!r}.", [errors.FieldError("backoff", "not a BullMQ backoff")])
 
 
+async def _conversion(backend: Backend, job_id: str) -> dict[str, Any]:
+    """A conversion job; any other job does not exist as far as /api/v2 is concerned."""
+    job = await jobs.get_job(backend, schemas.parse_job_id(job_id))
+    if job["type"] != jobtypes.MESH_CONVERT.name:
+        raise errors.JobNotFound(job_id)
+    return job
+
+
 @post(f"{V2}/convert", status_code=HTTP_200_OK, tags=["v2 (BullMQ-era)"],
       summary="Upload a mesh (multipart: file, format = glb; BullMQ's priority, attempts, "
       "delay, jobId, backoff)", request_max_body_size=None,
@@ -127,7 +135,7 @@ async def convert(
 @get(f"{V2}/status/{{job_id:str}}", tags=["v2 (BullMQ-era)"], summary="A job's state",
      exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)})
 async def status(backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict[str, Any]:
-    job = await jobs.get_job(backend, schemas.parse_job_id(job_id))
+    job = await _conversion(backend, job_id)
     body: dict[str, Any] = {"jobId": str(job["id"]), "status": BULLMQ_STATUS[job["status"]],
                             "progress": job["progress"]}
     if job["status"] == "succeeded":
@@ -158,8 +166,8 @@ async def stats(backend: NamedDependency[Backend]) -> dict[str, int]:
         summary="Cancel a waiting job, or remove a finished one",
         exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)})
 async def remove(backend: NamedDependency[Backend], job_id: FromPath[str]) -> Response:
-    parsed = schemas.parse_job_id(job_id)
-    job = await jobs.get_job(backend, parsed)
+    job = await _conversion(backend, job_id)
+    parsed = job["id"]
     if job["status"] == "running":
         return _error(HTTP_400_BAD_REQUEST, "Cannot cancel active job")
     if job["status"] in ("queued", "scheduled"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
@@ -13,9 +14,9 @@ from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service import conversions, errors
-from service.api import schemas
+from service.api import guards, schemas
 from service.backend import Backend
-from service.domain import formats
+from service.domain import formats, limits
 from service.settings import Settings
 from service.storage import PostgresFileStore
 
@@ -32,7 +33,10 @@ async def read_form(request: Request, settings: Settings) -> tuple[list[conversi
     uploads = []
     fields: dict[str, str] = {}
     for key, value in form.multi_items():
+        _refuse_nul(key, key)
         if isinstance(value, UploadFile):
+            _refuse_nul(f"{key}.filename", value.filename or "")
+            _refuse_nul(f"{key}.content_type", value.content_type or "")
             if key == "file":
                 uploads.append(conversions.Upload(value.filename or "", value.content_type
                                                   or "application/octet-stream", _chunks(value)))
@@ -40,7 +44,33 @@ async def read_form(request: Request, settings: Settings) -> tuple[list[conversi
                 fields[key] = f"(a file: {value.filename})"
         else:
             fields[key] = str(value)
+            _refuse_nul(key, fields[key])
+    _check_options(fields.get("options"))
     return uploads, fields
+
+
+def _refuse_nul(field: str, text: str) -> None:
+    """A part's name, header or value PostgreSQL could not store (issue 13)."""
+    if limits.has_nul(text):
+        field = field.replace("\x00", "") or "form"
+        raise errors.InvalidRequest(f"{field}: {guards.NUL_MESSAGE}.",
+                                    [errors.FieldError(field, guards.NUL_MESSAGE)])
+
+
+def _check_options(raw: str | None) -> None:
+    """`options` nested too deep or holding NUL; whether it is a JSON object at all is
+    conversions.parse_options's to say."""
+    if not raw:
+        return
+    try:
+        value = msgspec.json.decode(raw)
+    except RecursionError:
+        raise schemas.too_deep("options") from None
+    except msgspec.DecodeError:
+        return
+    found = limits.json_problem(value, "options")
+    if found:
+        raise errors.InvalidRequest(f"{found[0]}: {found[1]}.", [errors.FieldError(*found)])
 
 
 async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:

@@ -50,6 +50,14 @@ def problem(
     fields: list[errors.FieldError] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response[dict[str, Any]]:
+    return Response(problem_body(status, detail, fields), status_code=status, media_type=PROBLEM,
+                    headers=headers)
+
+
+def problem_body(
+    status: int, detail: str, fields: list[errors.FieldError] | None = None
+) -> dict[str, Any]:
+    """The RFC 9457 body every error answer carries."""
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": _TITLES.get(status, "Error"),
@@ -58,7 +66,7 @@ def problem(
     }
     if fields:
         body["errors"] = [{"field": f.field, "message": f.message} for f in fields]
-    return Response(body, status_code=status, media_type=PROBLEM, headers=headers)
+    return body
 
 
 def _service_error(_: Request, exc: errors.ServiceError) -> Response:

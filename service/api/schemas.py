@@ -3,8 +3,10 @@ The request types themselves are the domain's (`service.domain.requests`)."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import msgspec
@@ -12,6 +14,7 @@ from litestar.dto import MsgspecDTO
 from litestar.exceptions import ClientException, ValidationException
 
 from service import errors
+from service.domain import limits
 
 API = "/api/v1"
 
@@ -23,10 +26,17 @@ class StrictJSON(MsgspecDTO):
     def decode_bytes(self, value: bytes) -> Any:
         try:
             return msgspec.json.decode(value, type=self.model_type, strict=True)
+        except RecursionError:
+            raise too_deep("body") from None
         except msgspec.ValidationError as exc:
             raise ValidationException(extra=[{"message": str(exc)}]) from exc
         except msgspec.DecodeError as exc:
             raise ClientException(str(exc)) from exc
+
+
+def too_deep(field: str) -> errors.InvalidRequest:
+    message = f"nests too deep (more than {limits.MAX_JSON_DEPTH} levels)"
+    return errors.InvalidRequest(f"{field}: {message}.", [errors.FieldError(field, message)])
 
 
 def parse_job_id(raw: str) -> uuid.UUID:
@@ -88,6 +98,37 @@ def public_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: error[k] for k in ("type", "message", "retryable") if k in error}
 
 
+# Absolute paths in a traceback say where jobq and its Python live on the server: shown over
+# REST relative to the project (`workers/outcomes.py`) or to site-packages
+# (`site-packages/procrastinate/...`), any other absolute file by its name (docs/security.md).
+_PROJECT = str(Path(__file__).resolve().parents[2]) + "/"
+_FRAME_FILE = re.compile(r'File "(/[^"]*)"')
+_SITE = re.compile(r"^.*/(site-packages|dist-packages)/")
+_PROJECT_DIRS = ("service/", "workers/", "migrations/", "tests/")
+
+
+def _relative(path: str) -> str:
+    if path.startswith(_PROJECT):
+        return path[len(_PROJECT):]
+    site = _SITE.sub(r"\1/", path)
+    if site != path:
+        return site
+    # Another machine's checkout: from the first of our package directories on.
+    for name in _PROJECT_DIRS:
+        at = path.find("/" + name)
+        if at != -1:
+            return path[at + 1:]
+    return PurePosixPath(path).name
+
+
+def redact_paths(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An attempt's error with server paths in its traceback made relative."""
+    if not error or not isinstance(error.get("traceback"), str):
+        return error
+    text = _FRAME_FILE.sub(lambda m: f'File "{_relative(m[1])}"', error["traceback"])
+    return {**error, "traceback": text.replace(_PROJECT, "")}
+
+
 def history_json(history: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return {
         "items": [
@@ -109,7 +150,7 @@ def history_json(history: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 "started_at": timestamp(a["started_at"]),
                 "finished_at": timestamp(a["finished_at"]),
                 "outcome": a["outcome"],
-                "error": a["error"],
+                "error": redact_paths(a["error"]),
             }
             for a in history["attempts"]
         ],

@@ -17,10 +17,14 @@ from typing import Any
 import msgspec
 
 from service import errors
-from service.domain import jobtypes, retry
+from service.domain import jobtypes, limits, retry
 
 MAX_BATCH = 1000
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+# A queue's NOTIFY channel must fit in 63 bytes (service.domain.limits).
+QUEUE_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{limits.MAX_QUEUE_NAME - 1}}}$")
+QUEUE_NAME_RULE = (f"must be 1-{limits.MAX_QUEUE_NAME} letters, digits, '_', '.' or '-' (its "
+                   f"channel {limits.NOTIFY_CHANNEL_PREFIX}<queue> fits "
+                   f"{limits.MAX_IDENTIFIER_BYTES} bytes)")
 
 
 class Backoff(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -85,6 +89,7 @@ def decode(body: bytes, type: type[JobRequest] | type[JobBatch] = JobRequest):
 def plan(request: JobRequest, prefix: str = "", with_files: bool = False) -> Planned:
     """Check a request against its job type's declaration and fill in the defaults;
     InvalidRequest names every field that is wrong (`prefix` before each name)."""
+    _refuse_unstorable(request, prefix)
     job_type = jobtypes.get(request.type)
     if job_type.internal:
         raise errors.InvalidRequest(
@@ -127,7 +132,7 @@ def _problems(r: JobRequest, prefix: str) -> list[errors.FieldError]:
 
     problems: list[errors.FieldError] = []
     if not QUEUE_NAME.match(r.queue or ""):
-        problem("queue", "must be 1-128 letters, digits, '_', '.' or '-'")
+        problem("queue", QUEUE_NAME_RULE)
     if not -1000 <= r.priority <= 1000:
         problem("priority", "must be between -1000 and 1000")
     if r.run_at is not None and r.delay_seconds is not None:
@@ -136,6 +141,8 @@ def _problems(r: JobRequest, prefix: str) -> list[errors.FieldError]:
         problem("delay_seconds", "must be between 0 and 31622400 (a year)")
     if r.run_at is not None and r.run_at.tzinfo is None:
         problem("run_at", "must carry a time zone, e.g. 2026-01-01T12:00:00Z")
+    elif r.run_at is not None and (message := limits.run_at_problem(r.run_at)):
+        problem("run_at", message)
     if not 1 <= r.max_attempts <= 100:
         problem("max_attempts", "must be between 1 and 100")
     if not 0 < r.timeout_seconds <= 7 * 86400:
@@ -149,6 +156,15 @@ def _problems(r: JobRequest, prefix: str) -> list[errors.FieldError]:
     for field, message in backoff_problems(r.backoff):
         problem(field, message)
     return problems
+
+
+def _refuse_unstorable(r: JobRequest, prefix: str) -> None:
+    """NUL characters and deep nesting, which nothing downstream can store (issue 13)."""
+    found = limits.json_problem(msgspec.to_builtins(r), prefix.rstrip(".") or "body")
+    if found:
+        field, message = found
+        field = field.removeprefix("body.") if not prefix else field
+        raise errors.InvalidRequest(f"{field}: {message}.", [errors.FieldError(field, message)])
 
 
 _BACKOFF_LIMITS = {"base_seconds": (0, 86_400), "cap_seconds": (0, 7 * 86_400), "jitter": (0, 1)}

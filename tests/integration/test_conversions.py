@@ -35,7 +35,8 @@ async def test_formats_lists_what_converts(client):
 @pytest.mark.parametrize(
     ("files", "data", "status", "field"),
     [
-        ([], {"format": "glb"}, 422, "file"),
+        # No file part, but multipart (a form without files would be urlencoded: a 415).
+        ([("format", (None, b"glb"))], {}, 422, "file"),
         (parts("cube.OBJ"), {"format": "fbx"}, 422, "format"),
         ([("file", ("model.fbx", b"FBX", "application/octet-stream"))], {"format": "glb"}, 422,
          "file"),
@@ -50,7 +51,7 @@ async def test_bad_uploads_get_a_4xx_naming_the_problem(client, files, data, sta
 
 
 async def test_upload_over_the_limit_gets_413(backend, database_url):
-    settings = Settings(database_url=database_url, max_upload_bytes=5000)
+    settings = Settings(database_url=database_url, max_upload_bytes=5000, allowed_hosts=("t",))
     transport = httpx.ASGITransport(app=create_app(settings, backend))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as small:
         response = await upload(small, "bunny.ply")

@@ -84,6 +84,7 @@ def test_every_setting_is_read_from_its_variable():
         "JOBQ_APP": "my.jobs",
         "JOBQ_STREAM_HEARTBEAT_SECONDS": "2", "JOBQ_WEBHOOK_SECRETS": "new,old",
         "JOBQ_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32", "JOBQ_WEBHOOK_TIMEOUT_SECONDS": "3",
+        "JOBQ_ALLOWED_HOSTS": "jobq.example.com", "JOBQ_CORS_ORIGINS": "https://app.example",
     })
     default = Settings()
     assert changed.extra == {}
