@@ -1,4 +1,4 @@
--- The schema of a jobq database at revision 0010, written from a migrated database by
+-- The schema of a jobq database at revision 0013, written from a migrated database by
 -- `python -m service.db.schema write`: do not edit by hand. tests/migrations checks that it
 -- is current. Alembic's revisions (migrations/versions) build the database; this file is for
 -- reading, and for copying a function's current text into a new revision.
@@ -124,6 +124,7 @@ CREATE TABLE jobs (
     error jsonb,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     backoff jsonb,
+    retention jsonb,
     CONSTRAINT pk_jobs PRIMARY KEY (id),
     CONSTRAINT uq_jobs_idempotency_key UNIQUE (idempotency_key),
     CONSTRAINT uq_jobs_queue_job_id UNIQUE (queue_job_id),
@@ -191,7 +192,24 @@ CREATE TABLE queues (
     name character varying(128) NOT NULL,
     paused boolean DEFAULT false NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT pk_queues PRIMARY KEY (name)
+    rate_limit integer,
+    rate_period_seconds double precision,
+    concurrency_limit integer,
+    max_attempts integer,
+    timeout_seconds double precision,
+    backoff jsonb,
+    succeeded_max_age_seconds double precision DEFAULT 86400,
+    succeeded_max_count integer DEFAULT 1000,
+    failed_max_age_seconds double precision DEFAULT 604800,
+    failed_max_count integer,
+    cancelled_max_age_seconds double precision DEFAULT 86400,
+    cancelled_max_count integer,
+    CONSTRAINT pk_queues PRIMARY KEY (name),
+    CONSTRAINT ck_queues_concurrency_limit_positive CHECK (concurrency_limit >= 1),
+    CONSTRAINT ck_queues_max_attempts_range CHECK (max_attempts >= 1 AND max_attempts <= 100),
+    CONSTRAINT ck_queues_rate_limit_whole CHECK ((rate_limit IS NULL) = (rate_period_seconds IS NULL) AND (rate_limit IS NULL OR rate_limit >= 1) AND (rate_period_seconds IS NULL OR rate_period_seconds > 0::double precision)),
+    CONSTRAINT ck_queues_retention_not_negative CHECK (succeeded_max_age_seconds >= 0::double precision AND succeeded_max_count >= 0 AND failed_max_age_seconds >= 0::double precision AND failed_max_count >= 0 AND cancelled_max_age_seconds >= 0::double precision AND cancelled_max_count >= 0),
+    CONSTRAINT ck_queues_timeout_positive CHECK (timeout_seconds > 0::double precision)
 );
 
 CREATE TABLE workers (
@@ -642,7 +660,65 @@ AS $function$
     ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = now()
 $function$;
 
-CREATE OR REPLACE FUNCTION public.jobq_submit_jobs(p_ids uuid[], p_queues character varying[], p_types character varying[], p_priorities integer[], p_scheduled_at timestamp with time zone[], p_payloads text[], p_max_attempts integer[], p_timeouts double precision[], p_callback_urls text[], p_idempotency_key text, p_fingerprints text[], p_backoffs text[], p_locks text[], p_queueing_locks text[], p_overview boolean)
+CREATE OR REPLACE FUNCTION public.jobq_set_queue_settings(p_queue character varying, p_settings jsonb)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+-- Change a queue's settings: each key of p_settings present sets its column (a JSON null
+-- removes the limit); absent keys are left as they are. The queue's row is made if missing.
+-- Values are checked by the API (service/domain/policies.py) and by the table's constraints.
+DECLARE
+    v_unknown text[];
+BEGIN
+    SELECT array_agg(k) INTO v_unknown FROM jsonb_object_keys(p_settings) AS k
+    WHERE k NOT IN ('paused', 'rate_limit', 'rate_period_seconds', 'concurrency_limit',
+                    'max_attempts', 'timeout_seconds', 'backoff',
+                    'succeeded_max_age_seconds', 'succeeded_max_count',
+                    'failed_max_age_seconds', 'failed_max_count',
+                    'cancelled_max_age_seconds', 'cancelled_max_count');
+    IF v_unknown IS NOT NULL THEN
+        RAISE 'unknown queue settings: %', v_unknown USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO queues (name) VALUES (p_queue) ON CONFLICT (name) DO NOTHING;
+    UPDATE queues AS q SET
+        paused = CASE WHEN p_settings ? 'paused'
+                      THEN (p_settings->>'paused')::boolean ELSE q.paused END,
+        rate_limit = CASE WHEN p_settings ? 'rate_limit'
+                          THEN (p_settings->>'rate_limit')::integer ELSE q.rate_limit END,
+        rate_period_seconds = CASE WHEN p_settings ? 'rate_period_seconds'
+                                   THEN (p_settings->>'rate_period_seconds')::float8
+                                   ELSE q.rate_period_seconds END,
+        concurrency_limit = CASE WHEN p_settings ? 'concurrency_limit'
+                                 THEN (p_settings->>'concurrency_limit')::integer
+                                 ELSE q.concurrency_limit END,
+        max_attempts = CASE WHEN p_settings ? 'max_attempts'
+                            THEN (p_settings->>'max_attempts')::integer ELSE q.max_attempts END,
+        timeout_seconds = CASE WHEN p_settings ? 'timeout_seconds'
+                               THEN (p_settings->>'timeout_seconds')::float8
+                               ELSE q.timeout_seconds END,
+        backoff = CASE WHEN p_settings ? 'backoff'
+                       THEN nullif(p_settings->'backoff', 'null') ELSE q.backoff END,
+        succeeded_max_age_seconds = CASE WHEN p_settings ? 'succeeded_max_age_seconds'
+            THEN (p_settings->>'succeeded_max_age_seconds')::float8
+            ELSE q.succeeded_max_age_seconds END,
+        succeeded_max_count = CASE WHEN p_settings ? 'succeeded_max_count'
+            THEN (p_settings->>'succeeded_max_count')::integer ELSE q.succeeded_max_count END,
+        failed_max_age_seconds = CASE WHEN p_settings ? 'failed_max_age_seconds'
+            THEN (p_settings->>'failed_max_age_seconds')::float8
+            ELSE q.failed_max_age_seconds END,
+        failed_max_count = CASE WHEN p_settings ? 'failed_max_count'
+            THEN (p_settings->>'failed_max_count')::integer ELSE q.failed_max_count END,
+        cancelled_max_age_seconds = CASE WHEN p_settings ? 'cancelled_max_age_seconds'
+            THEN (p_settings->>'cancelled_max_age_seconds')::float8
+            ELSE q.cancelled_max_age_seconds END,
+        cancelled_max_count = CASE WHEN p_settings ? 'cancelled_max_count'
+            THEN (p_settings->>'cancelled_max_count')::integer ELSE q.cancelled_max_count END,
+        updated_at = now()
+    WHERE q.name = p_queue;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_submit_jobs(p_ids uuid[], p_queues character varying[], p_types character varying[], p_priorities integer[], p_scheduled_at timestamp with time zone[], p_payloads text[], p_max_attempts integer[], p_timeouts double precision[], p_callback_urls text[], p_idempotency_key text, p_fingerprints text[], p_backoffs text[], p_locks text[], p_queueing_locks text[], p_overview boolean, p_attempts_defaulted boolean[] DEFAULT NULL::boolean[], p_timeout_defaulted boolean[] DEFAULT NULL::boolean[], p_retention text[] DEFAULT NULL::text[])
  RETURNS SETOF job_overview
  LANGUAGE plpgsql
  SET jit TO 'off'
@@ -650,6 +726,12 @@ AS $function$
 DECLARE
     v_queue_ids bigint[];
 BEGIN
+    -- Every queue with jobs has a row: its settings, the default policy until changed.
+    INSERT INTO queues (name)
+    SELECT DISTINCT u.queue FROM unnest(p_queues) AS u(queue)
+    WHERE NOT EXISTS (SELECT 1 FROM queues AS q WHERE q.name = u.queue)
+    ON CONFLICT (name) DO NOTHING;
+
     -- Procrastinate's own defer: its lock and queueing-lock rules, its NOTIFY at commit. The
     -- payload is kept once, in jobs.payload.
     v_queue_ids := procrastinate_defer_jobs_v1(ARRAY(
@@ -661,13 +743,21 @@ BEGIN
 
     WITH inserted AS (
         INSERT INTO jobs (id, queue_job_id, payload, max_attempts, timeout_seconds,
-                          callback_url, idempotency_key, request_fingerprint, backoff)
-        SELECT u.id, u.queue_job_id, u.payload::jsonb, u.max_attempts, u.timeout_seconds,
-               u.callback_url, p_idempotency_key, u.fingerprint, u.backoff::jsonb
+                          callback_url, idempotency_key, request_fingerprint, backoff,
+                          retention)
+        SELECT u.id, u.queue_job_id, u.payload::jsonb,
+               CASE WHEN u.attempts_defaulted THEN coalesce(q.max_attempts, u.max_attempts)
+                    ELSE u.max_attempts END,
+               CASE WHEN u.timeout_defaulted THEN coalesce(q.timeout_seconds, u.timeout_seconds)
+                    ELSE u.timeout_seconds END,
+               u.callback_url, p_idempotency_key, u.fingerprint,
+               coalesce(u.backoff::jsonb, q.backoff), u.retention::jsonb
         FROM unnest(p_ids, v_queue_ids, p_payloads, p_max_attempts, p_timeouts,
-                    p_callback_urls, p_fingerprints, p_backoffs)
+                    p_callback_urls, p_fingerprints, p_backoffs, p_queues,
+                    p_attempts_defaulted, p_timeout_defaulted, p_retention)
             AS u(id, queue_job_id, payload, max_attempts, timeout_seconds, callback_url,
-                 fingerprint, backoff)
+                 fingerprint, backoff, queue, attempts_defaulted, timeout_defaulted, retention)
+        LEFT JOIN queues AS q ON q.name = u.queue
         RETURNING id
     )
     INSERT INTO job_events (job_id, event) SELECT id, 'submitted' FROM inserted;

@@ -1,4 +1,5 @@
-"""Queue-level use-cases: statistics, pause and resume, live workers."""
+"""Queue-level use-cases: statistics, settings (pause, limits, defaults, retention), live
+workers."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from typing import Any
 
 from service import errors
 from service.backend import Backend
+from service.db import engine as db_engine
+from service.domain import policies
 from service.domain.status import Status
 from service.jobs import QUEUE_NAME
 
@@ -35,28 +38,58 @@ ORDER BY n.name
 
 
 async def queue_stats(backend: Backend) -> list[dict[str, Any]]:
-    """Every queue that has jobs or settings, with counts per public status."""
+    """Every queue that has jobs or settings, with its settings and counts per public
+    status."""
     async with backend.connection() as conn:
         rows = [dict(r) for r in await conn.fetch(_STATS)]
+        settings = {r["name"]: dict(r) for r in await conn.fetch("SELECT * FROM queues")}
     for row in rows:
         counts = row["counts"]
         row["counts"] = {s.value: int(counts.get(s.value, 0)) for s in Status}
         for key in ("oldest_queued_age_seconds", "oldest_running_age_seconds"):
             if row[key] is not None:
                 row[key] = round(float(row[key]), 3)
+        if row["name"] in settings:
+            row.update(policies.queue_json(settings[row["name"]]))
     return rows
 
 
-async def set_paused(backend: Backend, name: str, paused: bool) -> dict[str, Any]:
-    """Pause or resume a queue for every worker; persists across restarts."""
+def _check_name(name: str) -> None:
     if not QUEUE_NAME.match(name):
         raise errors.InvalidRequest(
             "Queue names are 1-128 letters, digits, '_', '.' or '-'.",
             [errors.FieldError("name", "invalid queue name")],
         )
+
+
+async def get_queue(backend: Backend, name: str) -> dict[str, Any]:
+    """One queue: its settings, counts and ages; NotFound if it has neither jobs nor
+    settings."""
+    _check_name(name)
+    found = [q for q in await queue_stats(backend) if q["name"] == name]
+    if not found:
+        raise errors.NotFound(
+            f"No queue named {name!r}: a queue exists once it has jobs or settings "
+            f"(PATCH /api/v1/queues/{name} makes it).")
+    return found[0]
+
+
+async def update_queue(backend: Backend, name: str, patch: policies.QueuePatch) -> dict[str, Any]:
+    """Change a queue's settings; every worker obeys them from its next claim."""
+    _check_name(name)
+    changes = policies.settings_of(patch)
+    async with backend.connection() as conn:
+        await conn.execute("SELECT jobq_set_queue_settings($1, $2::jsonb)", name,
+                           db_engine.dumps(changes))
+    return await get_queue(backend, name)
+
+
+async def set_paused(backend: Backend, name: str, paused: bool) -> dict[str, Any]:
+    """Pause or resume a queue for every worker; persists across restarts."""
+    _check_name(name)
     async with backend.connection() as conn:
         await conn.execute("SELECT jobq_set_queue_paused($1, $2)", name, paused)
-    return next(q for q in await queue_stats(backend) if q["name"] == name)
+    return await get_queue(backend, name)
 
 
 async def live_workers(backend: Backend) -> list[dict[str, Any]]:

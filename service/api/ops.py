@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from litestar import Controller, Response, get, post
+from litestar import Controller, Response, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from service import errors, maintenance, queues
@@ -15,6 +15,7 @@ from service.api import errors as api_errors
 from service.api import schemas
 from service.backend import Backend
 from service.db import migrate
+from service.domain import policies
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,16 @@ class QueuesController(Controller):
     @get("/", summary="Per-queue counts, ages and pause state")
     async def list_queues(self, backend: NamedDependency[Backend]) -> dict[str, Any]:
         return {"items": await queues.queue_stats(backend)}
+
+    @get("/{name:str}", summary="A queue's settings, counts and ages")
+    async def get_queue(self, backend: NamedDependency[Backend], name: FromPath[str]) -> dict:
+        return await queues.get_queue(backend, name)
+
+    @patch("/{name:str}", summary="Change a queue's settings (absent: unchanged, null: no limit)",
+           dto=schemas.StrictJSON[policies.QueuePatch], return_dto=None)
+    async def update_queue(self, backend: NamedDependency[Backend], name: FromPath[str],
+                           data: JSONBody[policies.QueuePatch]) -> dict:
+        return await queues.update_queue(backend, name, data)
 
     @post("/{name:str}/pause", status_code=HTTP_200_OK, summary="Stop workers starting jobs")
     async def pause(self, backend: NamedDependency[Backend], name: FromPath[str]) -> dict:

@@ -77,6 +77,9 @@ class Job(Base):
     timeout_seconds: Mapped[float] = mapped_column(Double)
     backoff: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     """Per-job backoff {base_seconds, cap_seconds, jitter}; null: the job type's policy."""
+    retention: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    """The job's own retention, overriding its queue's: {"succeeded": {...}, "failed": {...}}
+    from remove_on_complete / remove_on_fail (docs/queues.md); null: the queue's."""
     callback_url: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
@@ -144,13 +147,54 @@ class JobEvent(Base):
 
 
 class Queue(Base):
-    """Per-queue settings that every worker obeys."""
+    """Per-queue settings that every worker obeys (docs/queues.md). Every queue with jobs has a
+    row; its column defaults are the default policy. Null limits mean "no limit"."""
 
     __tablename__ = "queues"
 
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     paused: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    rate_limit: Mapped[int | None] = mapped_column(Integer)
+    """At most this many job starts per rate_period_seconds, across all workers."""
+    rate_period_seconds: Mapped[float | None] = mapped_column(Double)
+    concurrency_limit: Mapped[int | None] = mapped_column(Integer)
+    """At most this many jobs of the queue running at once, across all workers."""
+    max_attempts: Mapped[int | None] = mapped_column(Integer)
+    """Attempts of a job whose request gives none (null: the job type's)."""
+    timeout_seconds: Mapped[float | None] = mapped_column(Double)
+    """Timeout of a job whose request gives none (null: the job type's)."""
+    backoff: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    """Backoff of a job whose request gives none (null: the job type's)."""
+    succeeded_max_age_seconds: Mapped[float | None] = mapped_column(
+        Double, server_default=text("86400"))
+    """Succeeded jobs are deleted this long after they finished (default a day)."""
+    succeeded_max_count: Mapped[int | None] = mapped_column(Integer, server_default=text("1000"))
+    """At most this many succeeded jobs are kept, the newest (default 1,000)."""
+    failed_max_age_seconds: Mapped[float | None] = mapped_column(
+        Double, server_default=text("604800"))
+    """Failed jobs are deleted this long after they finished (default 7 days)."""
+    failed_max_count: Mapped[int | None] = mapped_column(Integer)
+    cancelled_max_age_seconds: Mapped[float | None] = mapped_column(
+        Double, server_default=text("86400"))
+    """Cancelled jobs are deleted this long after they finished (default a day)."""
+    cancelled_max_count: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        CheckConstraint(
+            "(rate_limit IS NULL) = (rate_period_seconds IS NULL) "
+            "AND (rate_limit IS NULL OR rate_limit >= 1) "
+            "AND (rate_period_seconds IS NULL OR rate_period_seconds > 0)",
+            name="rate_limit_whole"),
+        CheckConstraint("concurrency_limit >= 1", name="concurrency_limit_positive"),
+        CheckConstraint("max_attempts BETWEEN 1 AND 100", name="max_attempts_range"),
+        CheckConstraint("timeout_seconds > 0", name="timeout_positive"),
+        CheckConstraint(
+            "succeeded_max_age_seconds >= 0 AND succeeded_max_count >= 0 "
+            "AND failed_max_age_seconds >= 0 AND failed_max_count >= 0 "
+            "AND cancelled_max_age_seconds >= 0 AND cancelled_max_count >= 0",
+            name="retention_not_negative"),
+    )
 
 
 class Worker(Base):

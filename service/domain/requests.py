@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from service import errors
-from service.domain import jobtypes
+from service.domain import jobtypes, policies
 
 MAX_BATCH = 1000
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -48,6 +48,10 @@ class JobRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Jobs sharing a lock run one at a time, in order (Procrastinate's `lock`)."""
     queueing_lock: str | None = None
     """At most one queued job holds this value (Procrastinate's `queueing_lock`)."""
+    remove_on_complete: policies.RemoveOption | None = None
+    """Overrides the queue's retention of this job once it succeeded (BullMQ's option)."""
+    remove_on_fail: policies.RemoveOption | None = None
+    """Overrides the queue's retention of this job once it failed (BullMQ's option)."""
 
 
 class JobBatch(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -66,6 +70,12 @@ class Planned:
     scheduled_at: datetime | None
     fingerprint: str
     """What an Idempotency-Key replay must match."""
+    attempts_defaulted: bool = False
+    """max_attempts came from the job type: the queue's setting, if any, applies instead."""
+    timeout_defaulted: bool = False
+    """timeout_seconds came from the job type: the queue's setting, if any, applies instead."""
+    retention: dict[str, Any] | None = None
+    """The job's own retention, {status: keep}, as `jobs.retention` stores it."""
 
 
 def decode(body: bytes, type: type[JobRequest] | type[JobBatch] = JobRequest):
@@ -94,6 +104,13 @@ def plan(request: JobRequest, prefix: str = "", with_files: bool = False) -> Pla
         timeout_seconds=(job_type.timeout.total_seconds() if request.timeout_seconds is None
                          else request.timeout_seconds))
     problems = _problems(resolved, prefix)
+    retention = {
+        status: keep for status, keep in (
+            ("succeeded", policies.job_retention(
+                prefix + "remove_on_complete", request.remove_on_complete, problems)),
+            ("failed", policies.job_retention(
+                prefix + "remove_on_fail", request.remove_on_fail, problems)))
+        if keep is not None}
     if problems:
         raise errors.InvalidRequest(
             "; ".join(f"{p.field}: {p.message}" for p in problems), problems)
@@ -101,7 +118,10 @@ def plan(request: JobRequest, prefix: str = "", with_files: bool = False) -> Pla
     if request.delay_seconds:
         scheduled_at = datetime.now(UTC) + timedelta(seconds=request.delay_seconds)
     return Planned(id=uuid.uuid4(), request=resolved, scheduled_at=scheduled_at,
-                   fingerprint=_fingerprint(resolved))
+                   fingerprint=_fingerprint(resolved),
+                   attempts_defaulted=request.max_attempts is None,
+                   timeout_defaulted=request.timeout_seconds is None,
+                   retention=retention or None)
 
 
 def _problems(r: JobRequest, prefix: str) -> list[errors.FieldError]:
@@ -152,4 +172,7 @@ def _fingerprint(r: JobRequest) -> str:
                          None if r.backoff is None else backoff_dict(r.backoff)]
     if r.lock is not None or r.queueing_lock is not None:
         fields += [r.lock, r.queueing_lock]
+    if r.remove_on_complete is not None or r.remove_on_fail is not None:
+        fields += [msgspec.to_builtins(r.remove_on_complete),
+                   msgspec.to_builtins(r.remove_on_fail)]
     return hashlib.sha256(msgspec.json.encode(fields, order="sorted")).hexdigest()
