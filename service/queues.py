@@ -54,7 +54,8 @@ async def queue_stats(backend: Backend) -> list[dict[str, Any]]:
     return rows
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+    """InvalidRequest unless `name` can name a queue."""
     if not QUEUE_NAME.match(name):
         raise errors.InvalidRequest(
             "Queue names are 1-128 letters, digits, '_', '.' or '-'.",
@@ -65,7 +66,7 @@ def _check_name(name: str) -> None:
 async def get_queue(backend: Backend, name: str) -> dict[str, Any]:
     """One queue: its settings, counts and ages; NotFound if it has neither jobs nor
     settings."""
-    _check_name(name)
+    check_name(name)
     found = [q for q in await queue_stats(backend) if q["name"] == name]
     if not found:
         raise errors.NotFound(
@@ -76,7 +77,7 @@ async def get_queue(backend: Backend, name: str) -> dict[str, Any]:
 
 async def update_queue(backend: Backend, name: str, patch: policies.QueuePatch) -> dict[str, Any]:
     """Change a queue's settings; every worker obeys them from its next claim."""
-    _check_name(name)
+    check_name(name)
     changes = policies.settings_of(patch)
     async with backend.connection() as conn:
         await conn.execute("SELECT jobq_set_queue_settings($1, $2::jsonb)", name,
@@ -86,7 +87,7 @@ async def update_queue(backend: Backend, name: str, patch: policies.QueuePatch) 
 
 async def set_paused(backend: Backend, name: str, paused: bool) -> dict[str, Any]:
     """Pause or resume a queue for every worker; persists across restarts."""
-    _check_name(name)
+    check_name(name)
     async with backend.connection() as conn:
         await conn.execute("SELECT jobq_set_queue_paused($1, $2)", name, paused)
     return await get_queue(backend, name)

@@ -24,6 +24,9 @@ class MaintenanceScheduler:
         self.name = name
 
     async def run(self) -> None:
+        await asyncio.gather(self._recover(), self._retain())
+
+    async def _recover(self) -> None:
         stall = self.settings.stall_timeout.total_seconds()
         while True:
             # At most stall/4 between runs, so a dead worker's job runs again within about
@@ -31,6 +34,15 @@ class MaintenanceScheduler:
             await asyncio.sleep(stall / 6 * (0.5 + random.random()))
             await self._run_once(
                 "recover_stalled", lambda: maintenance.recover_stalled(self.backend, stall))
+
+    async def _retain(self) -> None:
+        interval = self.settings.retention_interval.total_seconds()
+        while True:
+            # Each worker tries about once per interval; the one holding the lock runs a whole
+            # pass, the others find it taken and wait for their next turn.
+            await asyncio.sleep(interval * (0.5 + random.random()))
+            await self._run_once(
+                "apply_retention", lambda: maintenance.apply_retention(self.backend))
 
     async def _run_once(self, operation: str, work: Callable[[], Awaitable[object]]) -> None:
         """Run `work` unless another worker is running `operation` right now."""

@@ -188,6 +188,227 @@ $$
 
 JOB_RETENTION_COLUMN = "ALTER TABLE jobs ADD COLUMN retention jsonb"
 
+# -- retention ---------------------------------------------------------------------------------
+
+# Jobs with their own retention, oldest first: the override pass walks only these.
+JOB_RETENTION_INDEX = """
+CREATE INDEX ix_jobs_retention_created_at ON jobs (created_at, id) WHERE retention IS NOT NULL
+"""
+
+# Changed from 0004: a statement-level trigger, and the files locked before the check. Two
+# transactions deleting the last two jobs that share a file (a reused conversion output) each
+# saw the other's link, not yet gone, and both kept the file: orphaned. Now the second waits
+# for the first's lock on the file, and its check, a new statement, sees the first's deletion.
+# Locks are taken in file-id order, so two deletions never wait for each other in a cycle. A
+# transaction adding a link to an existing file takes FOR KEY SHARE on the file first
+# (workers/tasks/mesh.py), which this lock waits for, and which waits for it.
+FORGET_UNUSED_FILE = r"""
+CREATE OR REPLACE FUNCTION jobq_forget_unused_file() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- A file goes with the last job that uses it (its chunks and cache entry cascade).
+    PERFORM 1 FROM files AS f
+    WHERE f.id IN (SELECT g.file_id FROM gone_links AS g)
+    ORDER BY f.id
+    FOR UPDATE OF f;
+    DELETE FROM files AS f
+    WHERE f.id IN (SELECT g.file_id FROM gone_links AS g)
+      AND NOT EXISTS (SELECT 1 FROM job_files AS jf WHERE jf.file_id = f.id);
+    RETURN NULL;
+END;
+$$
+"""
+
+FORGET_UNUSED_TRIGGER = """
+CREATE TRIGGER job_files_forget_unused AFTER DELETE ON job_files
+REFERENCING OLD TABLE AS gone_links
+FOR EACH STATEMENT EXECUTE FUNCTION jobq_forget_unused_file()
+"""
+
+FINISHED_STATUSES = r"""
+CREATE FUNCTION jobq_finished_statuses(p_status text) RETURNS procrastinate_job_status[]
+LANGUAGE sql IMMUTABLE AS $$
+    -- The queue statuses behind a public terminal status.
+    SELECT CASE p_status
+        WHEN 'succeeded' THEN ARRAY['succeeded']::procrastinate_job_status[]
+        WHEN 'failed' THEN ARRAY['failed']::procrastinate_job_status[]
+        WHEN 'cancelled' THEN ARRAY['cancelled', 'aborted']::procrastinate_job_status[]
+    END
+$$
+"""
+
+# Deleting finished jobs: one function for every way (the queue's policy, a job's own, the
+# clean route), each call one short transaction of at most p_limit jobs. Finish time is
+# job_overview's (the job's last event); created_at <= finish time, so the walk along
+# ix_jobs_created_at_id can stop at the age bound. Rows another transaction holds are skipped.
+CLEAN_QUEUE = r"""
+CREATE FUNCTION jobq_clean_queue(p_queue varchar, p_status text, p_older_than_seconds float8,
+                                 p_limit integer, p_policy boolean DEFAULT false)
+RETURNS integer LANGUAGE plpgsql SET enable_sort = off SET jit = off AS $$
+-- Delete up to p_limit jobs of queue p_queue that ended p_status (succeeded, failed,
+-- cancelled) more than p_older_than_seconds ago, oldest first, with everything recorded about
+-- them and their files; returns how many. p_policy: the queue's retention is applying this,
+-- so jobs with their own retention for this status are left to it.
+DECLARE
+    v_statuses procrastinate_job_status[] := jobq_finished_statuses(p_status);
+    v_before timestamptz := now() - make_interval(secs => p_older_than_seconds);
+    v_deleted integer;
+BEGIN
+    IF v_statuses IS NULL THEN
+        RAISE 'unknown finished status %', p_status USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    WITH doomed AS (
+        SELECT pj.id
+        FROM jobs AS j
+        JOIN procrastinate_jobs AS pj ON pj.id = j.queue_job_id
+        WHERE j.created_at < v_before
+          AND pj.queue_name = p_queue
+          AND pj.status = ANY (v_statuses)
+          AND NOT (p_policy AND coalesce(j.retention ? p_status, false))
+          AND (SELECT max(e.at) FROM job_events AS e WHERE e.job_id = j.id) < v_before
+        ORDER BY j.created_at, j.id
+        LIMIT p_limit
+        FOR UPDATE OF pj SKIP LOCKED
+    ), gone AS (
+        -- jobs, their attempts, events and file links follow through ON DELETE CASCADE
+        DELETE FROM procrastinate_jobs WHERE id IN (SELECT id FROM doomed) RETURNING id
+    )
+    SELECT count(*) INTO v_deleted FROM gone;
+    RETURN v_deleted;
+END;
+$$
+"""
+
+TRIM_QUEUE = r"""
+CREATE FUNCTION jobq_trim_queue(p_queue varchar, p_status text, p_keep bigint,
+                                p_limit integer)
+RETURNS integer LANGUAGE plpgsql SET enable_sort = off SET jit = off AS $$
+-- The count side of a queue's retention: delete the oldest jobs of queue p_queue that ended
+-- p_status, beyond the newest p_keep (by submission), up to p_limit of them; jobs with their
+-- own retention for this status are left to it. Returns how many.
+DECLARE
+    v_statuses procrastinate_job_status[] := jobq_finished_statuses(p_status);
+    v_excess bigint;
+    v_deleted integer;
+BEGIN
+    v_excess := jobq_count_jobs(p_queue, v_statuses) - p_keep;
+    IF v_excess <= 0 THEN
+        RETURN 0;
+    END IF;
+    WITH doomed AS (
+        SELECT pj.id
+        FROM jobs AS j
+        JOIN procrastinate_jobs AS pj ON pj.id = j.queue_job_id
+        WHERE pj.queue_name = p_queue
+          AND pj.status = ANY (v_statuses)
+          AND NOT coalesce(j.retention ? p_status, false)
+        ORDER BY j.created_at, j.id
+        LIMIT least(v_excess, p_limit)
+        FOR UPDATE OF pj SKIP LOCKED
+    ), gone AS (
+        DELETE FROM procrastinate_jobs WHERE id IN (SELECT id FROM doomed) RETURNING id
+    )
+    SELECT count(*) INTO v_deleted FROM gone;
+    RETURN v_deleted;
+END;
+$$
+"""
+
+COUNT_JOBS = r"""
+CREATE FUNCTION jobq_count_jobs(p_queue varchar, p_statuses procrastinate_job_status[])
+RETURNS bigint LANGUAGE sql STABLE AS $$
+    -- How many jobs of a queue are in these queue statuses.
+    SELECT count(*) FROM procrastinate_jobs
+    WHERE queue_name = p_queue AND status = ANY (p_statuses)
+$$
+"""
+
+APPLY_RETENTION = r"""
+CREATE FUNCTION jobq_apply_retention(p_limit integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+-- One step of the queues' retention: up to p_limit finished jobs deleted, by each queue's
+-- age and count limits per terminal status, in one transaction; returns how many. The caller
+-- repeats until fewer than p_limit come back (service/retention.py, paced).
+DECLARE
+    r record;
+    v_deleted integer := 0;
+BEGIN
+    FOR r IN
+        SELECT q.name, s.status, s.max_age, s.max_count
+        FROM queues AS q
+        CROSS JOIN LATERAL (VALUES
+            ('succeeded', q.succeeded_max_age_seconds, q.succeeded_max_count),
+            ('failed', q.failed_max_age_seconds, q.failed_max_count),
+            ('cancelled', q.cancelled_max_age_seconds, q.cancelled_max_count))
+            AS s(status, max_age, max_count)
+        WHERE s.max_age IS NOT NULL OR s.max_count IS NOT NULL
+        ORDER BY q.name, s.status
+    LOOP
+        IF r.max_age IS NOT NULL AND v_deleted < p_limit THEN
+            v_deleted := v_deleted + jobq_clean_queue(r.name, r.status, r.max_age,
+                                                      p_limit - v_deleted, true);
+        END IF;
+        IF r.max_count IS NOT NULL AND v_deleted < p_limit THEN
+            v_deleted := v_deleted + jobq_trim_queue(r.name, r.status, r.max_count,
+                                                     p_limit - v_deleted);
+        END IF;
+    END LOOP;
+    RETURN v_deleted;
+END;
+$$
+"""
+
+APPLY_JOB_RETENTION = r"""
+CREATE FUNCTION jobq_apply_job_retention(
+    p_after_created timestamptz, p_after_id uuid, p_scan integer,
+    OUT deleted integer, OUT last_created timestamptz, OUT last_id uuid)
+LANGUAGE plpgsql SET jit = off AS $$
+-- One step of the jobs' own retention (remove_on_complete / remove_on_fail): the next p_scan
+-- jobs that have one, after (p_after_created, p_after_id) in submission order, are checked and
+-- those due are deleted. Returns how many, and where to go on from (NULL: the end was
+-- reached). A job is due when it ended the way its override names and it ended longer than
+-- max_age_seconds ago, or max_count or more jobs of its queue submitted after it ended the same
+-- way; {"keep": true} never is.
+BEGIN
+    WITH scanned AS MATERIALIZED (
+        SELECT j.id, j.created_at, j.queue_job_id, j.retention
+        FROM jobs AS j
+        WHERE j.retention IS NOT NULL
+          AND (p_after_created IS NULL OR (j.created_at, j.id) > (p_after_created, p_after_id))
+        ORDER BY j.created_at, j.id
+        LIMIT p_scan
+    ), due AS (
+        SELECT pj.id
+        FROM scanned AS s
+        JOIN procrastinate_jobs AS pj ON pj.id = s.queue_job_id
+        CROSS JOIN LATERAL (SELECT s.retention -> pj.status::text AS rule) AS k
+        WHERE pj.status IN ('succeeded', 'failed')
+          AND k.rule IS NOT NULL
+          AND NOT coalesce((k.rule->>'keep')::boolean, false)
+          AND ((k.rule->>'max_age_seconds' IS NOT NULL
+                AND (SELECT max(e.at) FROM job_events AS e WHERE e.job_id = s.id)
+                    < now() - make_interval(secs => (k.rule->>'max_age_seconds')::float8))
+            OR (k.rule->>'max_count' IS NOT NULL
+                AND (SELECT count(*) FROM (
+                        SELECT 1 FROM jobs AS j2
+                        JOIN procrastinate_jobs AS p2 ON p2.id = j2.queue_job_id
+                        WHERE (j2.created_at, j2.id) > (s.created_at, s.id)
+                          AND p2.queue_name = pj.queue_name AND p2.status = pj.status
+                        LIMIT (k.rule->>'max_count')::integer) AS newer)
+                    >= (k.rule->>'max_count')::integer))
+        FOR UPDATE OF pj SKIP LOCKED
+    ), gone AS (
+        DELETE FROM procrastinate_jobs WHERE id IN (SELECT id FROM due) RETURNING id
+    )
+    SELECT (SELECT count(*) FROM gone), s.created_at, s.id
+    INTO deleted, last_created, last_id
+    FROM scanned AS s ORDER BY s.created_at DESC, s.id DESC LIMIT 1;
+    IF last_id IS NULL THEN
+        deleted := 0;
+    END IF;
+END;
+$$
+"""
+
 
 def upgrade() -> None:
     op.execute(QUEUE_COLUMNS)
@@ -196,9 +417,28 @@ def upgrade() -> None:
     op.execute(JOB_RETENTION_COLUMN)
     op.execute(f"DROP FUNCTION {SUBMIT_SIGNATURE_0010}")
     op.execute(SUBMIT_JOBS)
+    op.execute(JOB_RETENTION_INDEX)
+    op.execute("DROP TRIGGER job_files_forget_unused ON job_files")
+    op.execute(FORGET_UNUSED_FILE)
+    op.execute(FORGET_UNUSED_TRIGGER)
+    for statement in (FINISHED_STATUSES, COUNT_JOBS, CLEAN_QUEUE, TRIM_QUEUE, APPLY_RETENTION,
+                      APPLY_JOB_RETENTION):
+        op.execute(statement)
 
 
 def downgrade() -> None:
+    for function in ("jobq_apply_job_retention(timestamptz, uuid, integer)",
+                     "jobq_apply_retention(integer)",
+                     "jobq_trim_queue(varchar, text, bigint, integer)",
+                     "jobq_clean_queue(varchar, text, float8, integer, boolean)",
+                     "jobq_count_jobs(varchar, procrastinate_job_status[])",
+                     "jobq_finished_statuses(text)"):
+        op.execute(f"DROP FUNCTION {function}")
+    op.execute("DROP TRIGGER job_files_forget_unused ON job_files")
+    op.execute(FORGET_UNUSED_FILE_0004)
+    op.execute("CREATE TRIGGER job_files_forget_unused AFTER DELETE ON job_files "
+               "FOR EACH ROW EXECUTE FUNCTION jobq_forget_unused_file()")
+    op.execute("DROP INDEX ix_jobs_retention_created_at")
     op.execute(f"DROP FUNCTION {SUBMIT_SIGNATURE}")
     op.execute(SUBMIT_JOBS_0010)
     op.execute("ALTER TABLE jobs DROP COLUMN retention")
@@ -255,6 +495,21 @@ BEGIN
     IF p_overview THEN
         RETURN QUERY SELECT * FROM job_overview WHERE id = ANY (p_ids);
     END IF;
+END;
+$function$
+"""
+
+FORGET_UNUSED_FILE_0004 = r"""
+CREATE OR REPLACE FUNCTION public.jobq_forget_unused_file()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    -- A file goes with the last job that uses it (its chunks and cache entry cascade).
+    DELETE FROM files f
+    WHERE f.id = OLD.file_id
+      AND NOT EXISTS (SELECT 1 FROM job_files jf WHERE jf.file_id = OLD.file_id);
+    RETURN NULL;
 END;
 $function$
 """

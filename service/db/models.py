@@ -97,6 +97,9 @@ class Job(Base):
         CheckConstraint("progress BETWEEN 0 AND 100", name="progress_percent"),
         CheckConstraint("max_attempts >= 1", name="max_attempts_positive"),
         Index(None, "created_at", "id"),  # newest-first listing and its cursor
+        # The jobs with their own retention, oldest first (jobq_apply_job_retention).
+        Index("ix_jobs_retention_created_at", "created_at", "id",
+              postgresql_where=text("retention IS NOT NULL")),
     )
 
 

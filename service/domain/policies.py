@@ -163,6 +163,12 @@ def job_retention(field: str, value: RemoveOption | None,
     {"max_age_seconds": s, "max_count": n} (either may be null); None when not given."""
     if value is None:
         return None
+    if isinstance(value, dict):  # from Python callers; JSON bodies arrive decoded already
+        try:
+            value = msgspec.convert(value, KeepJobs)
+        except msgspec.ValidationError as exc:
+            problems.append(errors.FieldError(field, str(exc)))
+            return None
     if value is True:
         return {"max_age_seconds": 0, "max_count": None}
     if value is False:
