@@ -189,6 +189,13 @@ CREATE TABLE procrastinate_workers (
 );
 CREATE INDEX idx_procrastinate_workers_last_heartbeat ON public.procrastinate_workers USING btree (last_heartbeat);
 
+CREATE TABLE queue_starts (
+    queue_name character varying(128) NOT NULL,
+    started_at timestamp with time zone NOT NULL,
+    starts integer NOT NULL,
+    CONSTRAINT pk_queue_starts PRIMARY KEY (queue_name, started_at)
+);
+
 CREATE TABLE queues (
     name character varying(128) NOT NULL,
     paused boolean DEFAULT false NOT NULL,
@@ -402,7 +409,20 @@ AS $function$
 #variable_conflict use_column
 DECLARE
     v_ids bigint[];
+    v_limited varchar[];
+    v_started timestamptz := now();
 BEGIN
+    SELECT array_agg(q.name) INTO v_limited FROM queues AS q
+    WHERE (q.rate_limit IS NOT NULL OR q.concurrency_limit IS NOT NULL)
+      AND NOT q.paused
+      AND (p_queues IS NULL OR q.name = ANY (p_queues));
+    IF v_limited IS NOT NULL THEN
+        SELECT l.ids, l.claimed_at INTO v_ids, v_started
+        FROM jobq_claim_limited(p_queues, v_limited, p_limit) AS l;
+        IF cardinality(v_ids) = 0 THEN
+            RETURN;
+        END IF;
+    ELSE
     -- Procrastinate's fetch order and lock rules (priority, then age; a job waits while an
     -- earlier or higher-priority job with its lock is queued or running), paused queues skipped.
     -- The checks are written so that they cannot become joins: evaluated row by row along the
@@ -431,6 +451,7 @@ BEGIN
     IF v_ids IS NULL THEN
         RETURN;
     END IF;
+    END IF;
     -- Each claimed job gets an open attempt: its id is the lease's fencing token. Every step
     -- looks its rows up by the claimed ids.
     RETURN QUERY
@@ -443,10 +464,10 @@ BEGIN
         SELECT j.id, j.queue_job_id, j.payload, j.max_attempts, j.timeout_seconds, j.backoff
         FROM jobs AS j WHERE j.queue_job_id = ANY (v_ids)
     ), opened AS (
-        INSERT INTO job_attempts (job_id, number, worker_id, worker_name)
+        INSERT INTO job_attempts (job_id, number, worker_id, worker_name, started_at)
         SELECT w.id,
                COALESCE((SELECT max(a.number) FROM job_attempts AS a WHERE a.job_id = w.id), 0) + 1,
-               p_worker_id, p_worker_name
+               p_worker_id, p_worker_name, v_started
         FROM owned AS w
         RETURNING id, job_id, number
     ), logged AS (
@@ -459,6 +480,105 @@ BEGIN
     JOIN owned AS w ON w.id = o.job_id
     JOIN claimed AS c ON c.id = w.queue_job_id
     ORDER BY c.priority DESC, c.id ASC;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_claim_limited(p_queues character varying[], p_limited character varying[], p_limit integer, OUT ids bigint[], OUT claimed_at timestamp with time zone)
+ RETURNS record
+ LANGUAGE plpgsql
+ SET enable_sort TO 'off'
+ SET jit TO 'off'
+AS $function$
+DECLARE
+    q record;
+    v_allow integer[] := '{}';
+    v_given integer[] := '{}';
+    v_periods float8[] := '{}';
+    v_exhausted varchar[] := '{}';
+    v_held_back boolean;
+    v_free integer;
+    r record;
+    i integer;
+BEGIN
+    PERFORM 1 FROM queues WHERE name = ANY (p_limited) ORDER BY name FOR UPDATE;
+    claimed_at := clock_timestamp();
+    FOR q IN SELECT * FROM queues WHERE name = ANY (p_limited) ORDER BY name LOOP
+        i := array_position(p_limited, q.name);
+        v_allow[i] := p_limit;
+        IF q.concurrency_limit IS NOT NULL THEN
+            v_allow[i] := least(v_allow[i], q.concurrency_limit - (
+                SELECT count(*) FROM procrastinate_jobs AS pj
+                WHERE pj.queue_name = q.name AND pj.status = 'doing'));
+        END IF;
+        IF q.rate_limit IS NOT NULL THEN
+            v_allow[i] := least(v_allow[i], q.rate_limit - coalesce((
+                SELECT sum(s.starts) FROM queue_starts AS s
+                WHERE s.queue_name = q.name
+                  AND s.started_at > claimed_at - make_interval(secs => q.rate_period_seconds)
+                ), 0));
+        END IF;
+        v_given[i] := v_allow[i];
+        v_periods[i] := q.rate_period_seconds;
+        IF v_allow[i] <= 0 THEN
+            v_exhausted := v_exhausted || q.name;
+        END IF;
+    END LOOP;
+
+    ids := '{}';
+    LOOP
+        v_held_back := false;
+        v_free := p_limit - cardinality(ids);
+        FOR r IN
+            SELECT pj.id, pj.queue_name
+            FROM procrastinate_jobs AS pj
+            WHERE pj.status = 'todo'
+              AND (p_queues IS NULL OR pj.queue_name = ANY (p_queues))
+              AND NOT (pj.queue_name = ANY (v_exhausted))
+              AND (pj.scheduled_at IS NULL OR pj.scheduled_at <= now())
+              AND (SELECT true FROM jobs AS j WHERE j.queue_job_id = pj.id)
+              AND NOT coalesce((SELECT q2.paused FROM queues AS q2 WHERE q2.name = pj.queue_name),
+                               false)
+              AND (pj.lock IS NULL OR NOT EXISTS (
+                  SELECT 1 FROM procrastinate_jobs AS other
+                  WHERE other.lock = pj.lock
+                    AND (other.status = 'doing'
+                         OR (other.status = 'todo'
+                             AND (other.priority > pj.priority
+                                  OR (other.priority = pj.priority AND other.id < pj.id))))
+              ))
+            ORDER BY pj.priority DESC, pj.id ASC
+            LIMIT v_free
+            FOR UPDATE OF pj SKIP LOCKED
+        LOOP
+            i := array_position(p_limited, r.queue_name);
+            IF i IS NULL THEN
+                ids := ids || r.id;
+            ELSIF v_allow[i] > 0 THEN
+                ids := ids || r.id;
+                v_allow[i] := v_allow[i] - 1;
+                IF v_allow[i] = 0 THEN
+                    v_exhausted := v_exhausted || r.queue_name;
+                END IF;
+            ELSE
+                v_held_back := true;
+            END IF;
+        END LOOP;
+        -- Each new pass leaves out one more exhausted queue, so there are at most as many
+        -- passes as limited queues, plus one.
+        EXIT WHEN NOT v_held_back OR cardinality(ids) >= p_limit;
+    END LOOP;
+
+    -- The starts of rate-limited queues, and the end of the ones no period counts any more.
+    FOR i IN 1 .. cardinality(p_limited) LOOP
+        CONTINUE WHEN v_periods[i] IS NULL;
+        IF v_given[i] - v_allow[i] > 0 THEN
+            INSERT INTO queue_starts (queue_name, started_at, starts)
+            VALUES (p_limited[i], claimed_at, v_given[i] - v_allow[i]);
+        END IF;
+        DELETE FROM queue_starts AS s
+        WHERE s.queue_name = p_limited[i]
+          AND s.started_at <= claimed_at - make_interval(secs => v_periods[i]);
+    END LOOP;
 END;
 $function$;
 

@@ -409,6 +409,215 @@ END;
 $$
 """
 
+# -- rate limits and global concurrency --------------------------------------------------------
+
+# The starts of rate-limited queues, one row per claim, kept for one period (the claim deletes
+# older ones). Only claims of rate-limited queues write here.
+QUEUE_STARTS = """
+CREATE TABLE queue_starts (
+    queue_name varchar(128) NOT NULL,
+    started_at timestamptz NOT NULL,
+    starts integer NOT NULL,
+    CONSTRAINT pk_queue_starts PRIMARY KEY (queue_name, started_at)
+)
+"""
+
+# The claim's walk for workers that take jobs from queues with limits. It locks those queues'
+# rows first (in name order, so claimers never wait for each other in a cycle): claims of a
+# limited queue are serialised, and each sees every start and every running job the ones before
+# it committed. Then each limited queue's allowance (concurrency: the limit minus its running
+# jobs; rate: the limit minus the starts of the last period) caps what the walk takes from it;
+# a queue whose allowance runs out is left out and the walk looks again for the slots still
+# free, so its jobs never hold back other queues'. Jobs held back stay queued.
+# claimed_at: the time of these starts, read after the locks were granted, so that the starts
+# of a limited queue are in the order of its claims (job_attempts.started_at takes it).
+CLAIM_LIMITED = r"""
+CREATE FUNCTION jobq_claim_limited(p_queues varchar[], p_limited varchar[], p_limit integer,
+                                   OUT ids bigint[], OUT claimed_at timestamptz)
+LANGUAGE plpgsql SET enable_sort = off SET jit = off AS $$
+DECLARE
+    q record;
+    v_allow integer[] := '{}';
+    v_given integer[] := '{}';
+    v_periods float8[] := '{}';
+    v_exhausted varchar[] := '{}';
+    v_held_back boolean;
+    v_free integer;
+    r record;
+    i integer;
+BEGIN
+    PERFORM 1 FROM queues WHERE name = ANY (p_limited) ORDER BY name FOR UPDATE;
+    claimed_at := clock_timestamp();
+    FOR q IN SELECT * FROM queues WHERE name = ANY (p_limited) ORDER BY name LOOP
+        i := array_position(p_limited, q.name);
+        v_allow[i] := p_limit;
+        IF q.concurrency_limit IS NOT NULL THEN
+            v_allow[i] := least(v_allow[i], q.concurrency_limit - (
+                SELECT count(*) FROM procrastinate_jobs AS pj
+                WHERE pj.queue_name = q.name AND pj.status = 'doing'));
+        END IF;
+        IF q.rate_limit IS NOT NULL THEN
+            v_allow[i] := least(v_allow[i], q.rate_limit - coalesce((
+                SELECT sum(s.starts) FROM queue_starts AS s
+                WHERE s.queue_name = q.name
+                  AND s.started_at > claimed_at - make_interval(secs => q.rate_period_seconds)
+                ), 0));
+        END IF;
+        v_given[i] := v_allow[i];
+        v_periods[i] := q.rate_period_seconds;
+        IF v_allow[i] <= 0 THEN
+            v_exhausted := v_exhausted || q.name;
+        END IF;
+    END LOOP;
+
+    ids := '{}';
+    LOOP
+        v_held_back := false;
+        v_free := p_limit - cardinality(ids);
+        FOR r IN
+            SELECT pj.id, pj.queue_name
+            FROM procrastinate_jobs AS pj
+            WHERE pj.status = 'todo'
+              AND (p_queues IS NULL OR pj.queue_name = ANY (p_queues))
+              AND NOT (pj.queue_name = ANY (v_exhausted))
+              AND (pj.scheduled_at IS NULL OR pj.scheduled_at <= now())
+              AND (SELECT true FROM jobs AS j WHERE j.queue_job_id = pj.id)
+              AND NOT coalesce((SELECT q2.paused FROM queues AS q2 WHERE q2.name = pj.queue_name),
+                               false)
+              AND (pj.lock IS NULL OR NOT EXISTS (
+                  SELECT 1 FROM procrastinate_jobs AS other
+                  WHERE other.lock = pj.lock
+                    AND (other.status = 'doing'
+                         OR (other.status = 'todo'
+                             AND (other.priority > pj.priority
+                                  OR (other.priority = pj.priority AND other.id < pj.id))))
+              ))
+            ORDER BY pj.priority DESC, pj.id ASC
+            LIMIT v_free
+            FOR UPDATE OF pj SKIP LOCKED
+        LOOP
+            i := array_position(p_limited, r.queue_name);
+            IF i IS NULL THEN
+                ids := ids || r.id;
+            ELSIF v_allow[i] > 0 THEN
+                ids := ids || r.id;
+                v_allow[i] := v_allow[i] - 1;
+                IF v_allow[i] = 0 THEN
+                    v_exhausted := v_exhausted || r.queue_name;
+                END IF;
+            ELSE
+                v_held_back := true;
+            END IF;
+        END LOOP;
+        -- Each new pass leaves out one more exhausted queue, so there are at most as many
+        -- passes as limited queues, plus one.
+        EXIT WHEN NOT v_held_back OR cardinality(ids) >= p_limit;
+    END LOOP;
+
+    -- The starts of rate-limited queues, and the end of the ones no period counts any more.
+    FOR i IN 1 .. cardinality(p_limited) LOOP
+        CONTINUE WHEN v_periods[i] IS NULL;
+        IF v_given[i] - v_allow[i] > 0 THEN
+            INSERT INTO queue_starts (queue_name, started_at, starts)
+            VALUES (p_limited[i], claimed_at, v_given[i] - v_allow[i]);
+        END IF;
+        DELETE FROM queue_starts AS s
+        WHERE s.queue_name = p_limited[i]
+          AND s.started_at <= claimed_at - make_interval(secs => v_periods[i]);
+    END LOOP;
+END;
+$$
+"""
+
+# Changed from 0010: workers that take jobs from queues with a rate or concurrency limit claim
+# through jobq_claim_limited (above); the others' claim is the same statement as before, after
+# one look at `queues`. The attempts' started_at is the claim's time (the limited claim's, for
+# those).
+CLAIM_JOBS = r"""
+CREATE OR REPLACE FUNCTION jobq_claim_jobs(p_queues varchar[], p_worker_id bigint,
+                                           p_worker_name text, p_limit integer)
+RETURNS TABLE(attempt_id bigint, job_id uuid, attempt integer, budget_attempt integer,
+              task_name varchar, queue_name varchar, payload jsonb, max_attempts integer,
+              timeout_seconds double precision, backoff jsonb)
+LANGUAGE plpgsql SET enable_sort = off SET jit = off AS $$
+#variable_conflict use_column
+DECLARE
+    v_ids bigint[];
+    v_limited varchar[];
+    v_started timestamptz := now();
+BEGIN
+    SELECT array_agg(q.name) INTO v_limited FROM queues AS q
+    WHERE (q.rate_limit IS NOT NULL OR q.concurrency_limit IS NOT NULL)
+      AND NOT q.paused
+      AND (p_queues IS NULL OR q.name = ANY (p_queues));
+    IF v_limited IS NOT NULL THEN
+        SELECT l.ids, l.claimed_at INTO v_ids, v_started
+        FROM jobq_claim_limited(p_queues, v_limited, p_limit) AS l;
+        IF cardinality(v_ids) = 0 THEN
+            RETURN;
+        END IF;
+    ELSE
+    -- Procrastinate's fetch order and lock rules (priority, then age; a job waits while an
+    -- earlier or higher-priority job with its lock is queued or running), paused queues skipped.
+    -- The checks are written so that they cannot become joins: evaluated row by row along the
+    -- priority index, they stop at the limit, whatever the statistics say.
+    SELECT array_agg(c.id) INTO v_ids FROM (
+        SELECT pj.id
+        FROM procrastinate_jobs AS pj
+        WHERE pj.status = 'todo'
+          AND (p_queues IS NULL OR pj.queue_name = ANY (p_queues))
+          AND (pj.scheduled_at IS NULL OR pj.scheduled_at <= now())
+          AND (SELECT true FROM jobs AS j WHERE j.queue_job_id = pj.id)
+          AND NOT coalesce((SELECT q.paused FROM queues AS q WHERE q.name = pj.queue_name),
+                           false)
+          AND (pj.lock IS NULL OR NOT EXISTS (
+              SELECT 1 FROM procrastinate_jobs AS other
+              WHERE other.lock = pj.lock
+                AND (other.status = 'doing'
+                     OR (other.status = 'todo'
+                         AND (other.priority > pj.priority
+                              OR (other.priority = pj.priority AND other.id < pj.id))))
+          ))
+        ORDER BY pj.priority DESC, pj.id ASC
+        LIMIT p_limit
+        FOR UPDATE OF pj SKIP LOCKED
+    ) AS c;
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+    END IF;
+    -- Each claimed job gets an open attempt: its id is the lease's fencing token. Every step
+    -- looks its rows up by the claimed ids.
+    RETURN QUERY
+    WITH claimed AS (
+        UPDATE procrastinate_jobs AS pj
+        SET status = 'doing', worker_id = p_worker_id
+        WHERE pj.id = ANY (v_ids)
+        RETURNING pj.id, pj.task_name, pj.queue_name, pj.attempts, pj.priority
+    ), owned AS (
+        SELECT j.id, j.queue_job_id, j.payload, j.max_attempts, j.timeout_seconds, j.backoff
+        FROM jobs AS j WHERE j.queue_job_id = ANY (v_ids)
+    ), opened AS (
+        INSERT INTO job_attempts (job_id, number, worker_id, worker_name, started_at)
+        SELECT w.id,
+               COALESCE((SELECT max(a.number) FROM job_attempts AS a WHERE a.job_id = w.id), 0) + 1,
+               p_worker_id, p_worker_name, v_started
+        FROM owned AS w
+        RETURNING id, job_id, number
+    ), logged AS (
+        INSERT INTO job_events (job_id, event, attempt, worker_name)
+        SELECT o.job_id, 'started', o.number, p_worker_name FROM opened AS o
+    )
+    SELECT o.id, o.job_id, o.number, c.attempts + 1, c.task_name, c.queue_name,
+           w.payload, w.max_attempts, w.timeout_seconds, w.backoff
+    FROM opened AS o
+    JOIN owned AS w ON w.id = o.job_id
+    JOIN claimed AS c ON c.id = w.queue_job_id
+    ORDER BY c.priority DESC, c.id ASC;
+END;
+$$
+"""
+
 
 def upgrade() -> None:
     op.execute(QUEUE_COLUMNS)
@@ -424,9 +633,15 @@ def upgrade() -> None:
     for statement in (FINISHED_STATUSES, COUNT_JOBS, CLEAN_QUEUE, TRIM_QUEUE, APPLY_RETENTION,
                       APPLY_JOB_RETENTION):
         op.execute(statement)
+    op.execute(QUEUE_STARTS)
+    op.execute(CLAIM_LIMITED)
+    op.execute(CLAIM_JOBS)
 
 
 def downgrade() -> None:
+    op.execute(CLAIM_JOBS_0010)
+    op.execute("DROP FUNCTION jobq_claim_limited(varchar[], varchar[], integer)")
+    op.execute("DROP TABLE queue_starts")
     for function in ("jobq_apply_job_retention(timestamptz, uuid, integer)",
                      "jobq_apply_retention(integer)",
                      "jobq_trim_queue(varchar, text, bigint, integer)",
@@ -510,6 +725,77 @@ BEGIN
     WHERE f.id = OLD.file_id
       AND NOT EXISTS (SELECT 1 FROM job_files jf WHERE jf.file_id = OLD.file_id);
     RETURN NULL;
+END;
+$function$
+"""
+
+CLAIM_JOBS_0010 = r"""
+CREATE OR REPLACE FUNCTION public.jobq_claim_jobs(p_queues character varying[], p_worker_id bigint, p_worker_name text, p_limit integer)
+ RETURNS TABLE(attempt_id bigint, job_id uuid, attempt integer, budget_attempt integer, task_name character varying, queue_name character varying, payload jsonb, max_attempts integer, timeout_seconds double precision, backoff jsonb)
+ LANGUAGE plpgsql
+ SET enable_sort TO 'off'
+ SET jit TO 'off'
+AS $function$
+#variable_conflict use_column
+DECLARE
+    v_ids bigint[];
+BEGIN
+    -- Procrastinate's fetch order and lock rules (priority, then age; a job waits while an
+    -- earlier or higher-priority job with its lock is queued or running), paused queues skipped.
+    -- The checks are written so that they cannot become joins: evaluated row by row along the
+    -- priority index, they stop at the limit, whatever the statistics say.
+    SELECT array_agg(c.id) INTO v_ids FROM (
+        SELECT pj.id
+        FROM procrastinate_jobs AS pj
+        WHERE pj.status = 'todo'
+          AND (p_queues IS NULL OR pj.queue_name = ANY (p_queues))
+          AND (pj.scheduled_at IS NULL OR pj.scheduled_at <= now())
+          AND (SELECT true FROM jobs AS j WHERE j.queue_job_id = pj.id)
+          AND NOT coalesce((SELECT q.paused FROM queues AS q WHERE q.name = pj.queue_name),
+                           false)
+          AND (pj.lock IS NULL OR NOT EXISTS (
+              SELECT 1 FROM procrastinate_jobs AS other
+              WHERE other.lock = pj.lock
+                AND (other.status = 'doing'
+                     OR (other.status = 'todo'
+                         AND (other.priority > pj.priority
+                              OR (other.priority = pj.priority AND other.id < pj.id))))
+          ))
+        ORDER BY pj.priority DESC, pj.id ASC
+        LIMIT p_limit
+        FOR UPDATE OF pj SKIP LOCKED
+    ) AS c;
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+    -- Each claimed job gets an open attempt: its id is the lease's fencing token. Every step
+    -- looks its rows up by the claimed ids.
+    RETURN QUERY
+    WITH claimed AS (
+        UPDATE procrastinate_jobs AS pj
+        SET status = 'doing', worker_id = p_worker_id
+        WHERE pj.id = ANY (v_ids)
+        RETURNING pj.id, pj.task_name, pj.queue_name, pj.attempts, pj.priority
+    ), owned AS (
+        SELECT j.id, j.queue_job_id, j.payload, j.max_attempts, j.timeout_seconds, j.backoff
+        FROM jobs AS j WHERE j.queue_job_id = ANY (v_ids)
+    ), opened AS (
+        INSERT INTO job_attempts (job_id, number, worker_id, worker_name)
+        SELECT w.id,
+               COALESCE((SELECT max(a.number) FROM job_attempts AS a WHERE a.job_id = w.id), 0) + 1,
+               p_worker_id, p_worker_name
+        FROM owned AS w
+        RETURNING id, job_id, number
+    ), logged AS (
+        INSERT INTO job_events (job_id, event, attempt, worker_name)
+        SELECT o.job_id, 'started', o.number, p_worker_name FROM opened AS o
+    )
+    SELECT o.id, o.job_id, o.number, c.attempts + 1, c.task_name, c.queue_name,
+           w.payload, w.max_attempts, w.timeout_seconds, w.backoff
+    FROM opened AS o
+    JOIN owned AS w ON w.id = o.job_id
+    JOIN claimed AS c ON c.id = w.queue_job_id
+    ORDER BY c.priority DESC, c.id ASC;
 END;
 $function$
 """

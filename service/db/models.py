@@ -200,6 +200,17 @@ class Queue(Base):
     )
 
 
+class QueueStart(Base):
+    """Starts of a rate-limited queue, one row per claim, kept for one rate period: what the
+    claim counts against the queue's rate limit (jobq_claim_limited)."""
+
+    __tablename__ = "queue_starts"
+
+    queue_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    starts: Mapped[int] = mapped_column(Integer)
+
+
 class Worker(Base):
     """What a live worker process says about itself; its heartbeat is Procrastinate's."""
 
