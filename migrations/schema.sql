@@ -220,6 +220,31 @@ CREATE TABLE queues (
     CONSTRAINT ck_queues_timeout_positive CHECK (timeout_seconds > 0::double precision)
 );
 
+CREATE TABLE schedule_ticks (
+    schedule_name character varying(128) NOT NULL,
+    tick_at timestamp with time zone NOT NULL,
+    job_id uuid,
+    made_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT pk_schedule_ticks PRIMARY KEY (schedule_name, tick_at),
+    CONSTRAINT fk_schedule_ticks_schedule_name_schedules FOREIGN KEY (schedule_name) REFERENCES schedules(name) ON DELETE CASCADE
+);
+
+CREATE TABLE schedules (
+    name character varying(128) NOT NULL,
+    cron text,
+    interval_seconds double precision,
+    timezone text DEFAULT 'UTC'::text NOT NULL,
+    job jsonb NOT NULL,
+    paused boolean DEFAULT false NOT NULL,
+    origin character varying(8) DEFAULT 'api'::character varying NOT NULL,
+    anchor_at timestamp with time zone DEFAULT now() NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT pk_schedules PRIMARY KEY (name),
+    CONSTRAINT ck_schedules_cron_or_interval CHECK ((cron IS NULL) <> (interval_seconds IS NULL)),
+    CONSTRAINT ck_schedules_origin_known CHECK (origin::text = ANY (ARRAY['api'::character varying, 'code'::character varying]::text[]))
+);
+
 CREATE TABLE workers (
     id bigint NOT NULL,
     name text NOT NULL,

@@ -618,6 +618,40 @@ END;
 $$
 """
 
+# -- schedules ---------------------------------------------------------------------------------
+
+SCHEDULES = """
+CREATE TABLE schedules (
+    name varchar(128) NOT NULL,
+    cron text,
+    interval_seconds double precision,
+    timezone text DEFAULT 'UTC' NOT NULL,
+    job jsonb NOT NULL,
+    paused boolean DEFAULT false NOT NULL,
+    origin varchar(8) DEFAULT 'api' NOT NULL,
+    anchor_at timestamptz DEFAULT now() NOT NULL,
+    created_at timestamptz DEFAULT now() NOT NULL,
+    updated_at timestamptz DEFAULT now() NOT NULL,
+    CONSTRAINT pk_schedules PRIMARY KEY (name),
+    CONSTRAINT ck_schedules_cron_or_interval CHECK ((cron IS NULL) <> (interval_seconds IS NULL)),
+    CONSTRAINT ck_schedules_origin_known CHECK (origin IN ('api', 'code'))
+)
+"""
+
+# One row per tick that made a job: the primary key is what makes a tick's job exactly one,
+# however many workers look at the schedule at once.
+SCHEDULE_TICKS = """
+CREATE TABLE schedule_ticks (
+    schedule_name varchar(128) NOT NULL,
+    tick_at timestamptz NOT NULL,
+    job_id uuid,
+    made_at timestamptz DEFAULT now() NOT NULL,
+    CONSTRAINT pk_schedule_ticks PRIMARY KEY (schedule_name, tick_at),
+    CONSTRAINT fk_schedule_ticks_schedule_name_schedules FOREIGN KEY (schedule_name)
+        REFERENCES schedules (name) ON DELETE CASCADE
+)
+"""
+
 
 def upgrade() -> None:
     op.execute(QUEUE_COLUMNS)
@@ -636,9 +670,13 @@ def upgrade() -> None:
     op.execute(QUEUE_STARTS)
     op.execute(CLAIM_LIMITED)
     op.execute(CLAIM_JOBS)
+    op.execute(SCHEDULES)
+    op.execute(SCHEDULE_TICKS)
 
 
 def downgrade() -> None:
+    op.execute("DROP TABLE schedule_ticks")
+    op.execute("DROP TABLE schedules")
     op.execute(CLAIM_JOBS_0010)
     op.execute("DROP FUNCTION jobq_claim_limited(varchar[], varchar[], integer)")
     op.execute("DROP TABLE queue_starts")

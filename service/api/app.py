@@ -12,6 +12,7 @@ from service.api import compat, ops
 from service.api import conversions as conversion_routes
 from service.api import errors as api_errors
 from service.api import jobs as job_routes
+from service.api import schedules as schedule_routes
 from service.backend import Backend
 from service.settings import Settings
 
@@ -36,6 +37,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
         route_handlers=[
             job_routes.JobsController,
             ops.QueuesController,
+            schedule_routes.SchedulesController,
             ops.list_workers,
             ops.recover_stalled,
             ops.health,

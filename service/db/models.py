@@ -211,6 +211,45 @@ class QueueStart(Base):
     starts: Mapped[int] = mapped_column(Integer)
 
 
+class Schedule(Base):
+    """A recurring job (docs/queues.md): every tick of `cron` in `timezone`, or every
+    `interval_seconds` from `anchor_at`, one job made from the `job` template."""
+
+    __tablename__ = "schedules"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    cron: Mapped[str | None] = mapped_column(Text)
+    interval_seconds: Mapped[float | None] = mapped_column(Double)
+    timezone: Mapped[str] = mapped_column(Text, server_default=text("'UTC'"))
+    job: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    """The job request each tick submits (service/domain/requests.JobRequest)."""
+    paused: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    origin: Mapped[str] = mapped_column(String(8), server_default=text("'api'"))
+    """`api` (made over REST) or `code` (declared in code, synced by workers)."""
+    anchor_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    """Since when the schedule ticks as it does now: no tick before it makes a job."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("(cron IS NULL) <> (interval_seconds IS NULL)", name="cron_or_interval"),
+        CheckConstraint("origin IN ('api', 'code')", name="origin_known"),
+    )
+
+
+class ScheduleTick(Base):
+    """A tick of a schedule that made its job; the key makes it one job per tick."""
+
+    __tablename__ = "schedule_ticks"
+
+    schedule_name: Mapped[str] = mapped_column(
+        String(128), ForeignKey("schedules.name", ondelete="CASCADE"), primary_key=True)
+    tick_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    """The job it made (left as it is when retention deletes the job)."""
+    made_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class Worker(Base):
     """What a live worker process says about itself; its heartbeat is Procrastinate's."""
 
