@@ -96,6 +96,19 @@ CREATE TABLE job_events (
 );
 CREATE INDEX ix_job_events_job_id_id ON public.job_events USING btree (job_id, id);
 
+CREATE TABLE job_failures_daily (
+    day date NOT NULL,
+    queue_name character varying(128) NOT NULL,
+    task_name character varying(128) NOT NULL,
+    error_type text NOT NULL,
+    shard smallint NOT NULL,
+    attempts bigint NOT NULL,
+    jobs bigint NOT NULL,
+    last_at timestamp with time zone NOT NULL,
+    last_message text,
+    CONSTRAINT pk_job_failures_daily PRIMARY KEY (day, queue_name, task_name, error_type, shard)
+);
+
 CREATE TABLE job_files (
     job_id uuid NOT NULL,
     role character varying(16) NOT NULL,
@@ -106,6 +119,31 @@ CREATE TABLE job_files (
     CONSTRAINT fk_job_files_job_id_jobs FOREIGN KEY (job_id) REFERENCES jobs(id) ON DELETE CASCADE
 );
 CREATE INDEX ix_job_files_file_id ON public.job_files USING btree (file_id);
+
+CREATE TABLE job_stats_daily (
+    day date NOT NULL,
+    queue_name character varying(128) NOT NULL,
+    task_name character varying(128) NOT NULL,
+    shard smallint NOT NULL,
+    submitted bigint DEFAULT 0 NOT NULL,
+    succeeded bigint DEFAULT 0 NOT NULL,
+    failed bigint DEFAULT 0 NOT NULL,
+    cancelled bigint DEFAULT 0 NOT NULL,
+    retried bigint DEFAULT 0 NOT NULL,
+    CONSTRAINT pk_job_stats_daily PRIMARY KEY (day, queue_name, task_name, shard)
+);
+
+CREATE TABLE job_stats_histograms (
+    day date NOT NULL,
+    queue_name character varying(128) NOT NULL,
+    task_name character varying(128) NOT NULL,
+    metric character varying(8) NOT NULL,
+    bucket smallint NOT NULL,
+    shard smallint NOT NULL,
+    n bigint NOT NULL,
+    max_ms double precision NOT NULL,
+    CONSTRAINT pk_job_stats_histograms PRIMARY KEY (day, queue_name, task_name, metric, bucket, shard)
+);
 
 CREATE TABLE jobs (
     id uuid NOT NULL,
@@ -164,6 +202,8 @@ CREATE TABLE procrastinate_jobs (
 );
 CREATE INDEX idx_procrastinate_jobs_worker_not_null ON public.procrastinate_jobs USING btree (worker_id) WHERE ((worker_id IS NOT NULL) AND (status = 'doing'::procrastinate_job_status));
 CREATE INDEX ix_procrastinate_jobs_queue_status ON public.procrastinate_jobs USING btree (queue_name, status);
+CREATE INDEX ix_procrastinate_jobs_todo_scheduled ON public.procrastinate_jobs USING btree (queue_name, scheduled_at) WHERE ((status = 'todo'::procrastinate_job_status) AND (scheduled_at IS NOT NULL));
+CREATE INDEX ix_procrastinate_jobs_todo_unscheduled ON public.procrastinate_jobs USING btree (queue_name, id) WHERE ((status = 'todo'::procrastinate_job_status) AND (scheduled_at IS NULL));
 CREATE INDEX procrastinate_jobs_id_lock_idx_v1 ON public.procrastinate_jobs USING btree (id, lock) WHERE (status = ANY (ARRAY['todo'::procrastinate_job_status, 'doing'::procrastinate_job_status]));
 CREATE UNIQUE INDEX procrastinate_jobs_lock_idx_v1 ON public.procrastinate_jobs USING btree (lock) WHERE (status = 'doing'::procrastinate_job_status);
 CREATE INDEX procrastinate_jobs_priority_idx_v1 ON public.procrastinate_jobs USING btree (priority DESC, id) WHERE (status = 'todo'::procrastinate_job_status);
@@ -188,6 +228,14 @@ CREATE TABLE procrastinate_workers (
     CONSTRAINT procrastinate_workers_pkey PRIMARY KEY (id)
 );
 CREATE INDEX idx_procrastinate_workers_last_heartbeat ON public.procrastinate_workers USING btree (last_heartbeat);
+
+CREATE TABLE queue_counts (
+    queue_name character varying(128) NOT NULL,
+    status character varying(16) NOT NULL,
+    shard smallint NOT NULL,
+    n bigint NOT NULL,
+    CONSTRAINT pk_queue_counts PRIMARY KEY (queue_name, status, shard)
+);
 
 CREATE TABLE queue_starts (
     queue_name character varying(128) NOT NULL,
@@ -243,6 +291,20 @@ CREATE TABLE schedules (
     CONSTRAINT pk_schedules PRIMARY KEY (name),
     CONSTRAINT ck_schedules_cron_or_interval CHECK ((cron IS NULL) <> (interval_seconds IS NULL)),
     CONSTRAINT ck_schedules_origin_known CHECK (origin::text = ANY (ARRAY['api'::character varying, 'code'::character varying]::text[]))
+);
+
+CREATE TABLE worker_stats_daily (
+    day date NOT NULL,
+    worker_name text NOT NULL,
+    attempts bigint DEFAULT 0 NOT NULL,
+    succeeded bigint DEFAULT 0 NOT NULL,
+    failed bigint DEFAULT 0 NOT NULL,
+    retried bigint DEFAULT 0 NOT NULL,
+    cancelled bigint DEFAULT 0 NOT NULL,
+    interrupted bigint DEFAULT 0 NOT NULL,
+    lost bigint DEFAULT 0 NOT NULL,
+    busy_ms double precision DEFAULT 0 NOT NULL,
+    CONSTRAINT pk_worker_stats_daily PRIMARY KEY (day, worker_name)
 );
 
 CREATE TABLE workers (
@@ -484,9 +546,10 @@ BEGIN
         UPDATE procrastinate_jobs AS pj
         SET status = 'doing', worker_id = p_worker_id
         WHERE pj.id = ANY (v_ids)
-        RETURNING pj.id, pj.task_name, pj.queue_name, pj.attempts, pj.priority
+        RETURNING pj.id, pj.task_name, pj.queue_name, pj.attempts, pj.priority, pj.scheduled_at
     ), owned AS (
-        SELECT j.id, j.queue_job_id, j.payload, j.max_attempts, j.timeout_seconds, j.backoff
+        SELECT j.id, j.queue_job_id, j.payload, j.max_attempts, j.timeout_seconds, j.backoff,
+               j.created_at
         FROM jobs AS j WHERE j.queue_job_id = ANY (v_ids)
     ), opened AS (
         INSERT INTO job_attempts (job_id, number, worker_id, worker_name, started_at)
@@ -498,6 +561,24 @@ BEGIN
     ), logged AS (
         INSERT INTO job_events (job_id, event, attempt, worker_name)
         SELECT o.job_id, 'started', o.number, p_worker_name FROM opened AS o
+    ), waited AS (
+        -- Daily aggregate (docs/reporting.md): how long first attempts waited to start, from
+        -- submission or from the time the job was scheduled for.
+        INSERT INTO job_stats_histograms AS h (day, queue_name, task_name, metric, bucket,
+                                               shard, n, max_ms)
+        SELECT jobq_today(), x.queue_name, x.task_name, 'wait', jobq_stats_bucket(x.ms),
+               jobq_shard(), count(*), max(x.ms)
+        FROM (SELECT c.queue_name, c.task_name,
+                     greatest(extract(epoch FROM v_started
+                                      - coalesce(c.scheduled_at, w.created_at)) * 1000, 0) AS ms
+              FROM opened AS o
+              JOIN owned AS w ON w.id = o.job_id
+              JOIN claimed AS c ON c.id = w.queue_job_id
+              WHERE o.number = 1) AS x
+        GROUP BY x.queue_name, x.task_name, jobq_stats_bucket(x.ms)
+        ORDER BY x.queue_name, x.task_name, jobq_stats_bucket(x.ms)
+        ON CONFLICT (day, queue_name, task_name, metric, bucket, shard)
+        DO UPDATE SET n = h.n + excluded.n, max_ms = greatest(h.max_ms, excluded.max_ms)
     )
     SELECT o.id, o.job_id, o.number, c.attempts + 1, c.task_name, c.queue_name,
            w.payload, w.max_attempts, w.timeout_seconds, w.backoff
@@ -646,6 +727,70 @@ BEGIN
 END;
 $function$;
 
+CREATE OR REPLACE FUNCTION public.jobq_count_changes()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+-- Keeps queue_counts and job_stats_daily in the transaction of every statement that inserts,
+-- moves or deletes queue rows, whoever runs it (jobq_* functions, cascades, Procrastinate's
+-- own functions). The daily aggregate first, then the counts, everywhere: one lock order.
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO job_stats_daily AS d (day, queue_name, task_name, shard, submitted)
+        SELECT jobq_today(), r.queue_name, r.task_name, jobq_shard(), count(*)
+        FROM new_rows AS r GROUP BY r.queue_name, r.task_name
+        ORDER BY r.queue_name, r.task_name
+        ON CONFLICT (day, queue_name, task_name, shard)
+        DO UPDATE SET submitted = d.submitted + excluded.submitted;
+        INSERT INTO queue_counts AS c (queue_name, status, shard, n)
+        SELECT r.queue_name, jobq_status_group(r.status), jobq_shard(), count(*)
+        FROM new_rows AS r GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (queue_name, status, shard) DO UPDATE SET n = c.n + excluded.n;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO queue_counts AS c (queue_name, status, shard, n)
+        SELECT r.queue_name, jobq_status_group(r.status), jobq_shard(), -count(*)
+        FROM old_rows AS r GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (queue_name, status, shard) DO UPDATE SET n = c.n + excluded.n;
+    ELSE
+        INSERT INTO job_stats_daily AS d (day, queue_name, task_name, shard, succeeded,
+                                          failed, cancelled, retried)
+        SELECT jobq_today(), m.queue_name, m.task_name, jobq_shard(),
+               count(*) FILTER (WHERE m.status = 'succeeded'),
+               count(*) FILTER (WHERE m.status = 'failed'),
+               count(*) FILTER (WHERE m.status IN ('cancelled', 'aborted')),
+               count(*) FILTER (WHERE m.retried)
+        FROM (
+            SELECT n.queue_name, n.task_name, n.status,
+                   -- back to the queue after a failed attempt, or a client's retry (an
+                   -- interrupted attempt is not counted, so is not a retry)
+                   n.status = 'todo' AND (o.status IN ('failed', 'cancelled', 'aborted')
+                                          OR (o.status = 'doing' AND n.attempts > o.attempts))
+                       AS retried
+            FROM old_rows AS o JOIN new_rows AS n ON n.id = o.id
+            WHERE o.status <> n.status
+        ) AS m
+        WHERE m.status IN ('succeeded', 'failed', 'cancelled', 'aborted') OR m.retried
+        GROUP BY m.queue_name, m.task_name ORDER BY m.queue_name, m.task_name
+        ON CONFLICT (day, queue_name, task_name, shard) DO UPDATE
+        SET succeeded = d.succeeded + excluded.succeeded, failed = d.failed + excluded.failed,
+            cancelled = d.cancelled + excluded.cancelled, retried = d.retried + excluded.retried;
+
+        INSERT INTO queue_counts AS c (queue_name, status, shard, n)
+        SELECT x.queue_name, x.status, jobq_shard(), sum(x.d)
+        FROM old_rows AS o
+        JOIN new_rows AS n ON n.id = o.id
+        CROSS JOIN LATERAL (VALUES (o.queue_name, jobq_status_group(o.status), -1),
+                                   (n.queue_name, jobq_status_group(n.status), 1))
+            AS x(queue_name, status, d)
+        WHERE o.status <> n.status OR o.queue_name <> n.queue_name
+        GROUP BY x.queue_name, x.status HAVING sum(x.d) <> 0
+        ORDER BY x.queue_name, x.status
+        ON CONFLICT (queue_name, status, shard) DO UPDATE SET n = c.n + excluded.n;
+    END IF;
+    RETURN NULL;
+END;
+$function$;
+
 CREATE OR REPLACE FUNCTION public.jobq_count_jobs(p_queue character varying, p_statuses procrastinate_job_status[])
  RETURNS bigint
  LANGUAGE sql
@@ -714,14 +859,15 @@ BEGIN
         SELECT * FROM unnest(p_attempt_ids, p_outcomes, p_results, p_errors, p_retry_at)
             AS t(attempt_id, outcome, result, error, retry_at)
     ), fenced AS (
-        SELECT a.id, a.job_id, a.number, a.worker_name
+        SELECT a.id, a.job_id, a.number, a.worker_name, a.started_at
         FROM job_attempts AS a
         WHERE a.id = ANY (p_attempt_ids) AND a.finished_at IS NULL
         ORDER BY a.id
         FOR UPDATE OF a
     ), target AS MATERIALIZED (
         SELECT f.id AS attempt_id, f.job_id, f.number, f.worker_name,
-               pj.id AS queue_job_id, pj.queue_name,
+               pj.id AS queue_job_id, pj.queue_name, pj.task_name,
+               extract(epoch FROM now() - f.started_at) * 1000 AS ran_ms,
                CASE WHEN pj.abort_requested AND (p_lost OR i.outcome IN ('retry', 'interrupted'))
                     THEN 'cancelled' ELSE i.outcome END AS outcome,
                i.result::jsonb AS result, i.error::jsonb AS error, i.retry_at
@@ -778,6 +924,52 @@ BEGIN
                          CASE WHEN t.outcome = 'retry'
                               THEN 'next attempt at ' || t.retry_at::text END)
         FROM target AS t
+    ), ran AS (
+        -- Daily aggregates (docs/reporting.md): how long the attempts that ran to an end took,
+        -- what each worker did, and the failures by error type.
+        INSERT INTO job_stats_histograms AS h (day, queue_name, task_name, metric, bucket,
+                                               shard, n, max_ms)
+        SELECT jobq_today(), t.queue_name, t.task_name, 'run', jobq_stats_bucket(t.ran_ms),
+               jobq_shard(), count(*), max(t.ran_ms)
+        FROM target AS t
+        WHERE NOT p_lost AND t.outcome IN ('succeeded', 'failed', 'retry')
+        GROUP BY t.queue_name, t.task_name, jobq_stats_bucket(t.ran_ms)
+        ORDER BY t.queue_name, t.task_name, jobq_stats_bucket(t.ran_ms)
+        ON CONFLICT (day, queue_name, task_name, metric, bucket, shard)
+        DO UPDATE SET n = h.n + excluded.n, max_ms = greatest(h.max_ms, excluded.max_ms)
+    ), by_worker AS (
+        INSERT INTO worker_stats_daily AS w (day, worker_name, attempts, succeeded, failed,
+                                             retried, cancelled, interrupted, lost, busy_ms)
+        SELECT jobq_today(), coalesce(t.worker_name, ''), count(*),
+               count(*) FILTER (WHERE NOT p_lost AND t.outcome = 'succeeded'),
+               count(*) FILTER (WHERE NOT p_lost AND t.outcome = 'failed'),
+               count(*) FILTER (WHERE NOT p_lost AND t.outcome = 'retry'),
+               count(*) FILTER (WHERE NOT p_lost AND t.outcome = 'cancelled'),
+               count(*) FILTER (WHERE NOT p_lost AND t.outcome = 'interrupted'),
+               count(*) FILTER (WHERE p_lost),
+               coalesce(sum(t.ran_ms) FILTER (WHERE NOT p_lost), 0)
+        FROM target AS t
+        GROUP BY coalesce(t.worker_name, '') ORDER BY coalesce(t.worker_name, '')
+        ON CONFLICT (day, worker_name) DO UPDATE
+        SET attempts = w.attempts + excluded.attempts, succeeded = w.succeeded + excluded.succeeded,
+            failed = w.failed + excluded.failed, retried = w.retried + excluded.retried,
+            cancelled = w.cancelled + excluded.cancelled,
+            interrupted = w.interrupted + excluded.interrupted, lost = w.lost + excluded.lost,
+            busy_ms = w.busy_ms + excluded.busy_ms
+    ), failures AS (
+        INSERT INTO job_failures_daily AS fd (day, queue_name, task_name, error_type, shard,
+                                              attempts, jobs, last_at, last_message)
+        SELECT jobq_today(), t.queue_name, t.task_name,
+               coalesce(t.error->>'type', 'unknown'), jobq_shard(), count(*),
+               count(*) FILTER (WHERE t.outcome = 'failed'), now(),
+               (array_agg(t.error->>'message' ORDER BY t.attempt_id DESC))[1]
+        FROM target AS t
+        WHERE t.outcome IN ('failed', 'retry') AND t.error IS NOT NULL
+        GROUP BY t.queue_name, t.task_name, coalesce(t.error->>'type', 'unknown')
+        ORDER BY 2, 3, 4
+        ON CONFLICT (day, queue_name, task_name, error_type, shard) DO UPDATE
+        SET attempts = fd.attempts + excluded.attempts, jobs = fd.jobs + excluded.jobs,
+            last_at = excluded.last_at, last_message = excluded.last_message
     )
     SELECT array_agg(t.attempt_id), array_agg(t.outcome),
            array_agg(t.queue_name) FILTER (WHERE t.outcome IN ('retry', 'interrupted')),
@@ -803,6 +995,17 @@ AS $function$
         WHEN 'failed' THEN ARRAY['failed']::procrastinate_job_status[]
         WHEN 'cancelled' THEN ARRAY['cancelled', 'aborted']::procrastinate_job_status[]
     END
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_forget_counts()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    -- TRUNCATE of the queue: nothing is left to count.
+    DELETE FROM queue_counts;
+    RETURN NULL;
+END;
 $function$;
 
 CREATE OR REPLACE FUNCTION public.jobq_forget_unused_file()
@@ -1016,6 +1219,52 @@ BEGIN
 END;
 $function$;
 
+CREATE OR REPLACE FUNCTION public.jobq_shard()
+ RETURNS smallint
+ LANGUAGE sql
+ STABLE
+AS $function$
+    -- The shard of the counting rows this session adds to.
+    SELECT (pg_backend_pid() % 16)::smallint
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_stats_bucket(p_ms double precision)
+ RETURNS smallint
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    -- Histogram bucket of a duration: 0 below 1 ms, then four buckets per doubling (bucket b
+    -- holds [2^((b-1)/4), 2^(b/4)) ms), so a percentile read from it is within 19 %.
+    SELECT CASE WHEN p_ms < 1 THEN 0
+                ELSE least(1 + floor(4 * log(2, p_ms::numeric)), 32000)::smallint END
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_stats_bucket_ms(p_bucket smallint)
+ RETURNS double precision
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    -- The value a bucket stands for in a percentile: its geometric middle (0.5 ms for 0).
+    SELECT CASE WHEN p_bucket = 0 THEN 0.5 ELSE power(2, (p_bucket - 0.5) / 4.0) END
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_status_group(p_status procrastinate_job_status)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    -- The counted group of a queue status (job_overview's public status; queued and
+    -- scheduled together as 'waiting', told apart when read).
+    SELECT CASE p_status
+        WHEN 'todo' THEN 'waiting'
+        WHEN 'doing' THEN 'running'
+        WHEN 'aborting' THEN 'running'
+        WHEN 'succeeded' THEN 'succeeded'
+        WHEN 'failed' THEN 'failed'
+        ELSE 'cancelled'
+    END
+$function$;
+
 CREATE OR REPLACE FUNCTION public.jobq_submit_jobs(p_ids uuid[], p_queues character varying[], p_types character varying[], p_priorities integer[], p_scheduled_at timestamp with time zone[], p_payloads text[], p_max_attempts integer[], p_timeouts double precision[], p_callback_urls text[], p_idempotency_key text, p_fingerprints text[], p_backoffs text[], p_locks text[], p_queueing_locks text[], p_overview boolean, p_attempts_defaulted boolean[] DEFAULT NULL::boolean[], p_timeout_defaulted boolean[] DEFAULT NULL::boolean[], p_retention text[] DEFAULT NULL::text[])
  RETURNS SETOF job_overview
  LANGUAGE plpgsql
@@ -1064,6 +1313,15 @@ BEGIN
         RETURN QUERY SELECT * FROM job_overview WHERE id = ANY (p_ids);
     END IF;
 END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_today()
+ RETURNS date
+ LANGUAGE sql
+ STABLE
+AS $function$
+    -- The day of the daily aggregates: the transaction's, in UTC.
+    SELECT (now() AT TIME ZONE 'UTC')::date
 $function$;
 
 CREATE OR REPLACE FUNCTION public.jobq_trim_queue(p_queue character varying, p_status text, p_keep bigint, p_limit integer)
@@ -1532,6 +1790,14 @@ $function$;
 -- Triggers --------------------------------------------------------------------------------------
 
 CREATE TRIGGER job_files_forget_unused AFTER DELETE ON job_files REFERENCING OLD TABLE AS gone_links FOR EACH STATEMENT EXECUTE FUNCTION jobq_forget_unused_file();
+
+CREATE TRIGGER jobq_count_deleted AFTER DELETE ON procrastinate_jobs REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION jobq_count_changes();
+
+CREATE TRIGGER jobq_count_inserted AFTER INSERT ON procrastinate_jobs REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION jobq_count_changes();
+
+CREATE TRIGGER jobq_count_truncated AFTER TRUNCATE ON procrastinate_jobs FOR EACH STATEMENT EXECUTE FUNCTION jobq_forget_counts();
+
+CREATE TRIGGER jobq_count_updated AFTER UPDATE ON procrastinate_jobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION jobq_count_changes();
 
 CREATE TRIGGER procrastinate_jobs_notify_queue_job_aborted_v1 AFTER UPDATE OF abort_requested ON procrastinate_jobs FOR EACH ROW WHEN (old.abort_requested = false AND new.abort_requested = true AND new.status = 'doing'::procrastinate_job_status) EXECUTE FUNCTION procrastinate_notify_queue_abort_job_v1();
 

@@ -14,27 +14,36 @@ from service.jobs import QUEUE_NAME
 
 _STATS = """
 WITH counts AS (
-    -- job_overview owns the mapping from queue state to public status.
-    SELECT queue, status, count(*) AS n FROM job_overview GROUP BY queue, status
+    -- Kept by triggers in the transaction of every change (revision 0013), in shards.
+    SELECT queue_name, status, sum(n) AS n FROM queue_counts GROUP BY queue_name, status
 ), names AS (
-    SELECT queue AS name FROM counts UNION SELECT name FROM queues
+    SELECT queue_name AS name FROM counts WHERE n <> 0 UNION SELECT name FROM queues
 )
 SELECT n.name,
-       COALESCE(q.paused, false) AS paused,
-       COALESCE((SELECT jsonb_object_agg(c.status, c.n) FROM counts c WHERE c.queue = n.name),
+       COALESCE((SELECT jsonb_object_agg(c.status, c.n) FROM counts c WHERE c.queue_name = n.name),
                 '{}') AS counts,
-       (SELECT extract(epoch FROM now() - min(COALESCE(pj.scheduled_at, j.created_at)))
-          FROM procrastinate_jobs pj JOIN jobs j ON j.queue_job_id = pj.id
-         WHERE pj.queue_name = n.name AND pj.status = 'todo'
-           AND (pj.scheduled_at IS NULL OR pj.scheduled_at <= now())) AS oldest_queued_age_seconds,
+       -- 'waiting' is queued + scheduled; the scheduled ones are those with a future time.
+       (SELECT count(*) FROM procrastinate_jobs pj
+         WHERE pj.queue_name = n.name AND pj.status = 'todo' AND pj.scheduled_at > now()
+       ) AS scheduled,
+       extract(epoch FROM now() - least(
+           (SELECT j.created_at FROM procrastinate_jobs pj JOIN jobs j ON j.queue_job_id = pj.id
+             WHERE pj.queue_name = n.name AND pj.status = 'todo' AND pj.scheduled_at IS NULL
+             ORDER BY pj.id LIMIT 1),
+           (SELECT min(pj.scheduled_at) FROM procrastinate_jobs pj
+             WHERE pj.queue_name = n.name AND pj.status = 'todo'
+               AND pj.scheduled_at IS NOT NULL AND pj.scheduled_at <= now())
+       )) AS oldest_queued_age_seconds,
        (SELECT extract(epoch FROM now() - min(a.started_at))
           FROM procrastinate_jobs pj JOIN jobs j ON j.queue_job_id = pj.id
           JOIN job_attempts a ON a.job_id = j.id AND a.finished_at IS NULL
          WHERE pj.queue_name = n.name AND pj.status = 'doing') AS oldest_running_age_seconds
 FROM names n
-LEFT JOIN queues q ON q.name = n.name
 ORDER BY n.name
 """
+
+_GROUPS = {Status.RUNNING: "running", Status.SUCCEEDED: "succeeded", Status.FAILED: "failed",
+           Status.CANCELLED: "cancelled"}
 
 
 async def queue_stats(backend: Backend) -> list[dict[str, Any]]:
@@ -44,13 +53,19 @@ async def queue_stats(backend: Backend) -> list[dict[str, Any]]:
         rows = [dict(r) for r in await conn.fetch(_STATS)]
         settings = {r["name"]: dict(r) for r in await conn.fetch("SELECT * FROM queues")}
     for row in rows:
-        counts = row["counts"]
-        row["counts"] = {s.value: int(counts.get(s.value, 0)) for s in Status}
+        counts, scheduled = row["counts"], row.pop("scheduled")
+        row["counts"] = {status.value: int(counts.get(group, 0))
+                         for status, group in _GROUPS.items()}
+        row["counts"][Status.SCHEDULED.value] = scheduled
+        row["counts"][Status.QUEUED.value] = int(counts.get("waiting", 0)) - scheduled
+        row["counts"] = {status.value: row["counts"][status.value] for status in Status}
         for key in ("oldest_queued_age_seconds", "oldest_running_age_seconds"):
             if row[key] is not None:
                 row[key] = round(float(row[key]), 3)
         if row["name"] in settings:
             row.update(policies.queue_json(settings[row["name"]]))
+        else:  # jobs deferred without jobq (Procrastinate's own connectors): no settings row
+            row["paused"] = False
     return rows
 
 

@@ -593,9 +593,10 @@ BEGIN
         UPDATE procrastinate_jobs AS pj
         SET status = 'doing', worker_id = p_worker_id
         WHERE pj.id = ANY (v_ids)
-        RETURNING pj.id, pj.task_name, pj.queue_name, pj.attempts, pj.priority
+        RETURNING pj.id, pj.task_name, pj.queue_name, pj.attempts, pj.priority, pj.scheduled_at
     ), owned AS (
-        SELECT j.id, j.queue_job_id, j.payload, j.max_attempts, j.timeout_seconds, j.backoff
+        SELECT j.id, j.queue_job_id, j.payload, j.max_attempts, j.timeout_seconds, j.backoff,
+               j.created_at
         FROM jobs AS j WHERE j.queue_job_id = ANY (v_ids)
     ), opened AS (
         INSERT INTO job_attempts (job_id, number, worker_id, worker_name, started_at)
@@ -607,6 +608,24 @@ BEGIN
     ), logged AS (
         INSERT INTO job_events (job_id, event, attempt, worker_name)
         SELECT o.job_id, 'started', o.number, p_worker_name FROM opened AS o
+    ), waited AS (
+        -- Daily aggregate (docs/reporting.md): how long first attempts waited to start, from
+        -- submission or from the time the job was scheduled for.
+        INSERT INTO job_stats_histograms AS h (day, queue_name, task_name, metric, bucket,
+                                               shard, n, max_ms)
+        SELECT jobq_today(), x.queue_name, x.task_name, 'wait', jobq_stats_bucket(x.ms),
+               jobq_shard(), count(*), max(x.ms)
+        FROM (SELECT c.queue_name, c.task_name,
+                     greatest(extract(epoch FROM v_started
+                                      - coalesce(c.scheduled_at, w.created_at)) * 1000, 0) AS ms
+              FROM opened AS o
+              JOIN owned AS w ON w.id = o.job_id
+              JOIN claimed AS c ON c.id = w.queue_job_id
+              WHERE o.number = 1) AS x
+        GROUP BY x.queue_name, x.task_name, jobq_stats_bucket(x.ms)
+        ORDER BY x.queue_name, x.task_name, jobq_stats_bucket(x.ms)
+        ON CONFLICT (day, queue_name, task_name, metric, bucket, shard)
+        DO UPDATE SET n = h.n + excluded.n, max_ms = greatest(h.max_ms, excluded.max_ms)
     )
     SELECT o.id, o.job_id, o.number, c.attempts + 1, c.task_name, c.queue_name,
            w.payload, w.max_attempts, w.timeout_seconds, w.backoff
@@ -652,6 +671,381 @@ CREATE TABLE schedule_ticks (
 )
 """
 
+# -- counts and daily aggregates, kept in the transactions that change state ------------------
+
+# Counts per queue and status group ('waiting' is queued + scheduled), in shards: a transaction
+# adds its changes to the rows of shard pg_backend_pid() % 16, so concurrent workers rarely
+# update the same row; readers sum the shards. The daily aggregates are per day (UTC), queue
+# and job type; retention never deletes them.
+COUNT_TABLES = """
+CREATE TABLE queue_counts (
+    queue_name varchar(128) NOT NULL,
+    status varchar(16) NOT NULL,
+    shard smallint NOT NULL,
+    n bigint NOT NULL,
+    CONSTRAINT pk_queue_counts PRIMARY KEY (queue_name, status, shard)
+);
+CREATE TABLE job_stats_daily (
+    day date NOT NULL,
+    queue_name varchar(128) NOT NULL,
+    task_name varchar(128) NOT NULL,
+    shard smallint NOT NULL,
+    submitted bigint DEFAULT 0 NOT NULL,
+    succeeded bigint DEFAULT 0 NOT NULL,
+    failed bigint DEFAULT 0 NOT NULL,
+    cancelled bigint DEFAULT 0 NOT NULL,
+    retried bigint DEFAULT 0 NOT NULL,
+    CONSTRAINT pk_job_stats_daily PRIMARY KEY (day, queue_name, task_name, shard)
+);
+CREATE TABLE job_stats_histograms (
+    day date NOT NULL,
+    queue_name varchar(128) NOT NULL,
+    task_name varchar(128) NOT NULL,
+    metric varchar(8) NOT NULL,
+    bucket smallint NOT NULL,
+    shard smallint NOT NULL,
+    n bigint NOT NULL,
+    max_ms double precision NOT NULL,
+    CONSTRAINT pk_job_stats_histograms PRIMARY KEY (day, queue_name, task_name, metric, bucket, shard)
+);
+CREATE TABLE job_failures_daily (
+    day date NOT NULL,
+    queue_name varchar(128) NOT NULL,
+    task_name varchar(128) NOT NULL,
+    error_type text NOT NULL,
+    shard smallint NOT NULL,
+    attempts bigint NOT NULL,
+    jobs bigint NOT NULL,
+    last_at timestamptz NOT NULL,
+    last_message text,
+    CONSTRAINT pk_job_failures_daily PRIMARY KEY (day, queue_name, task_name, error_type, shard)
+);
+CREATE TABLE worker_stats_daily (
+    day date NOT NULL,
+    worker_name text NOT NULL,
+    attempts bigint DEFAULT 0 NOT NULL,
+    succeeded bigint DEFAULT 0 NOT NULL,
+    failed bigint DEFAULT 0 NOT NULL,
+    retried bigint DEFAULT 0 NOT NULL,
+    cancelled bigint DEFAULT 0 NOT NULL,
+    interrupted bigint DEFAULT 0 NOT NULL,
+    lost bigint DEFAULT 0 NOT NULL,
+    busy_ms double precision DEFAULT 0 NOT NULL,
+    CONSTRAINT pk_worker_stats_daily PRIMARY KEY (day, worker_name)
+)
+"""
+
+# The queued jobs of a queue in two halves, for GET /api/v1/queues: those without a time
+# (oldest first by id) and those with one (by time), so that "how many are scheduled" and
+# "how long has the oldest waited" are short index walks.
+WAITING_INDEXES = """
+CREATE INDEX ix_procrastinate_jobs_todo_unscheduled ON procrastinate_jobs (queue_name, id)
+    WHERE status = 'todo' AND scheduled_at IS NULL;
+CREATE INDEX ix_procrastinate_jobs_todo_scheduled ON procrastinate_jobs (queue_name, scheduled_at)
+    WHERE status = 'todo' AND scheduled_at IS NOT NULL
+"""
+
+COUNT_HELPERS = r"""
+CREATE FUNCTION jobq_shard() RETURNS smallint LANGUAGE sql STABLE AS $$
+    -- The shard of the counting rows this session adds to.
+    SELECT (pg_backend_pid() % 16)::smallint
+$$;
+CREATE FUNCTION jobq_today() RETURNS date LANGUAGE sql STABLE AS $$
+    -- The day of the daily aggregates: the transaction's, in UTC.
+    SELECT (now() AT TIME ZONE 'UTC')::date
+$$;
+CREATE FUNCTION jobq_status_group(p_status procrastinate_job_status) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    -- The counted group of a queue status (job_overview's public status; queued and
+    -- scheduled together as 'waiting', told apart when read).
+    SELECT CASE p_status
+        WHEN 'todo' THEN 'waiting'
+        WHEN 'doing' THEN 'running'
+        WHEN 'aborting' THEN 'running'
+        WHEN 'succeeded' THEN 'succeeded'
+        WHEN 'failed' THEN 'failed'
+        ELSE 'cancelled'
+    END
+$$;
+CREATE FUNCTION jobq_stats_bucket(p_ms double precision) RETURNS smallint
+LANGUAGE sql IMMUTABLE AS $$
+    -- Histogram bucket of a duration: 0 below 1 ms, then four buckets per doubling (bucket b
+    -- holds [2^((b-1)/4), 2^(b/4)) ms), so a percentile read from it is within 19 %.
+    SELECT CASE WHEN p_ms < 1 THEN 0
+                ELSE least(1 + floor(4 * log(2, p_ms::numeric)), 32000)::smallint END
+$$;
+CREATE FUNCTION jobq_stats_bucket_ms(p_bucket smallint) RETURNS double precision
+LANGUAGE sql IMMUTABLE AS $$
+    -- The value a bucket stands for in a percentile: its geometric middle (0.5 ms for 0).
+    SELECT CASE WHEN p_bucket = 0 THEN 0.5 ELSE power(2, (p_bucket - 0.5) / 4.0) END
+$$
+"""
+
+COUNT_TRIGGER = r"""
+CREATE FUNCTION jobq_count_changes() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Keeps queue_counts and job_stats_daily in the transaction of every statement that inserts,
+-- moves or deletes queue rows, whoever runs it (jobq_* functions, cascades, Procrastinate's
+-- own functions). The daily aggregate first, then the counts, everywhere: one lock order.
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO job_stats_daily AS d (day, queue_name, task_name, shard, submitted)
+        SELECT jobq_today(), r.queue_name, r.task_name, jobq_shard(), count(*)
+        FROM new_rows AS r GROUP BY r.queue_name, r.task_name
+        ORDER BY r.queue_name, r.task_name
+        ON CONFLICT (day, queue_name, task_name, shard)
+        DO UPDATE SET submitted = d.submitted + excluded.submitted;
+        INSERT INTO queue_counts AS c (queue_name, status, shard, n)
+        SELECT r.queue_name, jobq_status_group(r.status), jobq_shard(), count(*)
+        FROM new_rows AS r GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (queue_name, status, shard) DO UPDATE SET n = c.n + excluded.n;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO queue_counts AS c (queue_name, status, shard, n)
+        SELECT r.queue_name, jobq_status_group(r.status), jobq_shard(), -count(*)
+        FROM old_rows AS r GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (queue_name, status, shard) DO UPDATE SET n = c.n + excluded.n;
+    ELSE
+        INSERT INTO job_stats_daily AS d (day, queue_name, task_name, shard, succeeded,
+                                          failed, cancelled, retried)
+        SELECT jobq_today(), m.queue_name, m.task_name, jobq_shard(),
+               count(*) FILTER (WHERE m.status = 'succeeded'),
+               count(*) FILTER (WHERE m.status = 'failed'),
+               count(*) FILTER (WHERE m.status IN ('cancelled', 'aborted')),
+               count(*) FILTER (WHERE m.retried)
+        FROM (
+            SELECT n.queue_name, n.task_name, n.status,
+                   -- back to the queue after a failed attempt, or a client's retry (an
+                   -- interrupted attempt is not counted, so is not a retry)
+                   n.status = 'todo' AND (o.status IN ('failed', 'cancelled', 'aborted')
+                                          OR (o.status = 'doing' AND n.attempts > o.attempts))
+                       AS retried
+            FROM old_rows AS o JOIN new_rows AS n ON n.id = o.id
+            WHERE o.status <> n.status
+        ) AS m
+        WHERE m.status IN ('succeeded', 'failed', 'cancelled', 'aborted') OR m.retried
+        GROUP BY m.queue_name, m.task_name ORDER BY m.queue_name, m.task_name
+        ON CONFLICT (day, queue_name, task_name, shard) DO UPDATE
+        SET succeeded = d.succeeded + excluded.succeeded, failed = d.failed + excluded.failed,
+            cancelled = d.cancelled + excluded.cancelled, retried = d.retried + excluded.retried;
+
+        INSERT INTO queue_counts AS c (queue_name, status, shard, n)
+        SELECT x.queue_name, x.status, jobq_shard(), sum(x.d)
+        FROM old_rows AS o
+        JOIN new_rows AS n ON n.id = o.id
+        CROSS JOIN LATERAL (VALUES (o.queue_name, jobq_status_group(o.status), -1),
+                                   (n.queue_name, jobq_status_group(n.status), 1))
+            AS x(queue_name, status, d)
+        WHERE o.status <> n.status OR o.queue_name <> n.queue_name
+        GROUP BY x.queue_name, x.status HAVING sum(x.d) <> 0
+        ORDER BY x.queue_name, x.status
+        ON CONFLICT (queue_name, status, shard) DO UPDATE SET n = c.n + excluded.n;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+CREATE FUNCTION jobq_forget_counts() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- TRUNCATE of the queue: nothing is left to count.
+    DELETE FROM queue_counts;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER jobq_count_inserted AFTER INSERT ON procrastinate_jobs
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION jobq_count_changes();
+CREATE TRIGGER jobq_count_updated AFTER UPDATE ON procrastinate_jobs
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION jobq_count_changes();
+CREATE TRIGGER jobq_count_deleted AFTER DELETE ON procrastinate_jobs
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION jobq_count_changes();
+CREATE TRIGGER jobq_count_truncated AFTER TRUNCATE ON procrastinate_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION jobq_forget_counts()
+"""
+
+# The counts of the jobs that exist now, in shard 0.
+COUNT_BACKFILL = """
+INSERT INTO queue_counts (queue_name, status, shard, n)
+SELECT queue_name, jobq_status_group(status), 0, count(*)
+FROM procrastinate_jobs GROUP BY 1, 2
+"""
+
+
+# Changed from 0010: the daily aggregates of the attempts recorded (the `ran`, `by_worker` and
+# `failures` steps), with the attempt's start and the job's type carried for them.
+FINISH_ATTEMPTS = r"""
+CREATE OR REPLACE FUNCTION jobq_finish_attempts(p_attempt_ids bigint[], p_outcomes text[], p_results text[], p_errors text[], p_retry_at timestamp with time zone[], p_lost boolean DEFAULT false)
+ RETURNS TABLE(attempt_id bigint, outcome text)
+ LANGUAGE plpgsql
+ SET jit TO 'off'
+ SET plan_cache_mode TO 'force_generic_plan'
+AS $$
+#variable_conflict use_column
+-- Record how many attempts ended and move their jobs on, in a handful of statements whatever
+-- the batch size: per attempt its row, the queue row, our job row and an event. The outcomes
+-- are decided by the caller (service/domain/outcome.py), with one exception decided here, at
+-- the moment of writing and under the job's lock: a job a client asked to cancel
+-- (abort_requested) is never run again, so an outcome that would requeue it (retry,
+-- interrupted, any outcome of a lost attempt) is recorded as cancelled.
+-- Fenced: an attempt no longer open changes nothing and is not returned. The others are
+-- returned with the outcome recorded. p_lost: the attempts' worker is gone (recovery): they
+-- are recorded as `lost` and their job moves as the outcome says.
+DECLARE
+    v_applied bigint[];
+    v_outcomes text[];
+    v_requeued_queues varchar[];
+    v_requeued_jobs bigint[];
+    i integer;
+BEGIN
+    IF EXISTS (SELECT 1 FROM unnest(p_outcomes) AS o(outcome)
+               WHERE o.outcome IS NULL
+                  OR o.outcome NOT IN ('succeeded', 'failed', 'retry', 'cancelled',
+                                       'interrupted')) THEN
+        RAISE 'unknown attempt outcome in %', p_outcomes;
+    END IF;
+
+    WITH input AS (
+        SELECT * FROM unnest(p_attempt_ids, p_outcomes, p_results, p_errors, p_retry_at)
+            AS t(attempt_id, outcome, result, error, retry_at)
+    ), fenced AS (
+        SELECT a.id, a.job_id, a.number, a.worker_name, a.started_at
+        FROM job_attempts AS a
+        WHERE a.id = ANY (p_attempt_ids) AND a.finished_at IS NULL
+        ORDER BY a.id
+        FOR UPDATE OF a
+    ), target AS MATERIALIZED (
+        SELECT f.id AS attempt_id, f.job_id, f.number, f.worker_name,
+               pj.id AS queue_job_id, pj.queue_name, pj.task_name,
+               extract(epoch FROM now() - f.started_at) * 1000 AS ran_ms,
+               CASE WHEN pj.abort_requested AND (p_lost OR i.outcome IN ('retry', 'interrupted'))
+                    THEN 'cancelled' ELSE i.outcome END AS outcome,
+               i.result::jsonb AS result, i.error::jsonb AS error, i.retry_at
+        FROM fenced AS f
+        JOIN input AS i ON i.attempt_id = f.id
+        JOIN jobs AS j ON j.id = f.job_id
+        JOIN procrastinate_jobs AS pj ON pj.id = j.queue_job_id
+        ORDER BY pj.id
+        FOR UPDATE OF pj
+    ), closed AS (
+        UPDATE job_attempts AS a
+        SET finished_at = now(), outcome = CASE WHEN p_lost THEN 'lost' ELSE t.outcome END,
+            error = t.error
+        FROM target AS t WHERE a.id = t.attempt_id
+    ), moved AS (
+        UPDATE procrastinate_jobs AS pj
+        SET status = (CASE t.outcome
+                          WHEN 'succeeded' THEN 'succeeded'
+                          WHEN 'failed' THEN 'failed'
+                          WHEN 'cancelled' THEN 'aborted'
+                          ELSE 'todo'  -- retry, interrupted
+                      END)::procrastinate_job_status,
+            -- an interrupted attempt (worker shutdown) is not counted
+            attempts = pj.attempts + CASE WHEN t.outcome = 'interrupted' THEN 0 ELSE 1 END,
+            abort_requested = CASE WHEN t.outcome IN ('retry', 'interrupted')
+                                   THEN pj.abort_requested ELSE false END,
+            scheduled_at = CASE t.outcome WHEN 'retry' THEN t.retry_at
+                                          WHEN 'interrupted' THEN NULL
+                                          ELSE pj.scheduled_at END,
+            worker_id = CASE WHEN t.outcome IN ('retry', 'interrupted') THEN NULL
+                             ELSE pj.worker_id END
+        FROM target AS t WHERE pj.id = t.queue_job_id
+    ), recorded AS (
+        UPDATE jobs AS j
+        SET result = CASE WHEN t.outcome = 'succeeded' THEN t.result ELSE j.result END,
+            error = CASE WHEN t.outcome = 'succeeded' THEN NULL ELSE t.error END,
+            progress = CASE WHEN t.outcome = 'succeeded' THEN 100 ELSE j.progress END,
+            stage = CASE WHEN t.outcome = 'succeeded' THEN NULL ELSE j.stage END,
+            progress_message = CASE WHEN t.outcome = 'succeeded' THEN NULL
+                                    ELSE j.progress_message END,
+            progress_updated_at = CASE WHEN t.outcome = 'succeeded' THEN now()
+                                       ELSE j.progress_updated_at END
+        FROM target AS t
+        WHERE j.id = t.job_id AND t.outcome IN ('succeeded', 'failed', 'retry')
+    ), logged AS (
+        INSERT INTO job_events (job_id, event, attempt, worker_name, error, message)
+        SELECT t.job_id,
+               CASE t.outcome WHEN 'retry' THEN 'retry_scheduled'
+                              WHEN 'interrupted' THEN 'requeued'
+                              ELSE t.outcome END,
+               t.number, CASE WHEN p_lost THEN NULL ELSE t.worker_name END, t.error,
+               concat_ws('; ',
+                         CASE WHEN p_lost THEN 'recovered from a lost worker' END,
+                         CASE WHEN t.outcome = 'retry'
+                              THEN 'next attempt at ' || t.retry_at::text END)
+        FROM target AS t
+    ), ran AS (
+        -- Daily aggregates (docs/reporting.md): how long the attempts that ran to an end took,
+        -- what each worker did, and the failures by error type.
+        INSERT INTO job_stats_histograms AS h (day, queue_name, task_name, metric, bucket,
+                                               shard, n, max_ms)
+        SELECT jobq_today(), t.queue_name, t.task_name, 'run', jobq_stats_bucket(t.ran_ms),
+               jobq_shard(), count(*), max(t.ran_ms)
+        FROM target AS t
+        WHERE NOT p_lost AND t.outcome IN ('succeeded', 'failed', 'retry')
+        GROUP BY t.queue_name, t.task_name, jobq_stats_bucket(t.ran_ms)
+        ORDER BY t.queue_name, t.task_name, jobq_stats_bucket(t.ran_ms)
+        ON CONFLICT (day, queue_name, task_name, metric, bucket, shard)
+        DO UPDATE SET n = h.n + excluded.n, max_ms = greatest(h.max_ms, excluded.max_ms)
+    ), by_worker AS (
+        INSERT INTO worker_stats_daily AS w (day, worker_name, attempts, succeeded, failed,
+                                             retried, cancelled, interrupted, lost, busy_ms)
+        SELECT jobq_today(), coalesce(t.worker_name, ''), count(*),
+               count(*) FILTER (WHERE NOT p_lost AND t.outcome = 'succeeded'),
+               count(*) FILTER (WHERE NOT p_lost AND t.outcome = 'failed'),
+               count(*) FILTER (WHERE NOT p_lost AND t.outcome = 'retry'),
+               count(*) FILTER (WHERE NOT p_lost AND t.outcome = 'cancelled'),
+               count(*) FILTER (WHERE NOT p_lost AND t.outcome = 'interrupted'),
+               count(*) FILTER (WHERE p_lost),
+               coalesce(sum(t.ran_ms) FILTER (WHERE NOT p_lost), 0)
+        FROM target AS t
+        GROUP BY coalesce(t.worker_name, '') ORDER BY coalesce(t.worker_name, '')
+        ON CONFLICT (day, worker_name) DO UPDATE
+        SET attempts = w.attempts + excluded.attempts, succeeded = w.succeeded + excluded.succeeded,
+            failed = w.failed + excluded.failed, retried = w.retried + excluded.retried,
+            cancelled = w.cancelled + excluded.cancelled,
+            interrupted = w.interrupted + excluded.interrupted, lost = w.lost + excluded.lost,
+            busy_ms = w.busy_ms + excluded.busy_ms
+    ), failures AS (
+        INSERT INTO job_failures_daily AS fd (day, queue_name, task_name, error_type, shard,
+                                              attempts, jobs, last_at, last_message)
+        SELECT jobq_today(), t.queue_name, t.task_name,
+               coalesce(t.error->>'type', 'unknown'), jobq_shard(), count(*),
+               count(*) FILTER (WHERE t.outcome = 'failed'), now(),
+               (array_agg(t.error->>'message' ORDER BY t.attempt_id DESC))[1]
+        FROM target AS t
+        WHERE t.outcome IN ('failed', 'retry') AND t.error IS NOT NULL
+        GROUP BY t.queue_name, t.task_name, coalesce(t.error->>'type', 'unknown')
+        ORDER BY 2, 3, 4
+        ON CONFLICT (day, queue_name, task_name, error_type, shard) DO UPDATE
+        SET attempts = fd.attempts + excluded.attempts, jobs = fd.jobs + excluded.jobs,
+            last_at = excluded.last_at, last_message = excluded.last_message
+    )
+    SELECT array_agg(t.attempt_id), array_agg(t.outcome),
+           array_agg(t.queue_name) FILTER (WHERE t.outcome IN ('retry', 'interrupted')),
+           array_agg(t.queue_job_id) FILTER (WHERE t.outcome IN ('retry', 'interrupted'))
+    INTO v_applied, v_outcomes, v_requeued_queues, v_requeued_jobs
+    FROM target AS t;
+
+    FOR i IN 1 .. coalesce(cardinality(v_requeued_jobs), 0) LOOP
+        PERFORM jobq_notify_requeued(v_requeued_queues[i], v_requeued_jobs[i]);
+    END LOOP;
+    RETURN QUERY SELECT * FROM unnest(v_applied, v_outcomes);
+END;
+$$
+"""
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a script, one by one (asyncpg runs one per call): they end with a
+    `;` at the end of a line, except inside a function's $$ body."""
+    statements, current, in_body = [], [], False
+    for line in script.strip().splitlines():
+        current.append(line)
+        in_body ^= line.count("$$") % 2 == 1
+        if line.rstrip().endswith(";") and not in_body:
+            statements.append("\n".join(current).rstrip().rstrip(";"))
+            current = []
+    if "".join(current).strip():
+        statements.append("\n".join(current))
+    return statements
+
 
 def upgrade() -> None:
     op.execute(QUEUE_COLUMNS)
@@ -672,9 +1066,28 @@ def upgrade() -> None:
     op.execute(CLAIM_JOBS)
     op.execute(SCHEDULES)
     op.execute(SCHEDULE_TICKS)
+    for script in (COUNT_TABLES, WAITING_INDEXES, COUNT_HELPERS, COUNT_TRIGGER):
+        for statement in _statements(script):
+            op.execute(statement)
+    op.execute(COUNT_BACKFILL)
+    op.execute(FINISH_ATTEMPTS)
 
 
 def downgrade() -> None:
+    op.execute(FINISH_ATTEMPTS_0010)
+    for trigger in ("jobq_count_inserted", "jobq_count_updated", "jobq_count_deleted",
+                    "jobq_count_truncated"):
+        op.execute(f"DROP TRIGGER {trigger} ON procrastinate_jobs")
+    for function in ("jobq_forget_counts()", "jobq_count_changes()",
+                     "jobq_stats_bucket_ms(smallint)", "jobq_stats_bucket(double precision)",
+                     "jobq_status_group(procrastinate_job_status)", "jobq_today()",
+                     "jobq_shard()"):
+        op.execute(f"DROP FUNCTION {function}")
+    op.execute("DROP INDEX ix_procrastinate_jobs_todo_unscheduled")
+    op.execute("DROP INDEX ix_procrastinate_jobs_todo_scheduled")
+    for table in ("worker_stats_daily", "job_failures_daily", "job_stats_histograms",
+                  "job_stats_daily", "queue_counts"):
+        op.execute(f"DROP TABLE {table}")
     op.execute("DROP TABLE schedule_ticks")
     op.execute("DROP TABLE schedules")
     op.execute(CLAIM_JOBS_0010)
@@ -813,9 +1226,10 @@ BEGIN
         UPDATE procrastinate_jobs AS pj
         SET status = 'doing', worker_id = p_worker_id
         WHERE pj.id = ANY (v_ids)
-        RETURNING pj.id, pj.task_name, pj.queue_name, pj.attempts, pj.priority
+        RETURNING pj.id, pj.task_name, pj.queue_name, pj.attempts, pj.priority, pj.scheduled_at
     ), owned AS (
-        SELECT j.id, j.queue_job_id, j.payload, j.max_attempts, j.timeout_seconds, j.backoff
+        SELECT j.id, j.queue_job_id, j.payload, j.max_attempts, j.timeout_seconds, j.backoff,
+               j.created_at
         FROM jobs AS j WHERE j.queue_job_id = ANY (v_ids)
     ), opened AS (
         INSERT INTO job_attempts (job_id, number, worker_id, worker_name)
@@ -834,6 +1248,120 @@ BEGIN
     JOIN owned AS w ON w.id = o.job_id
     JOIN claimed AS c ON c.id = w.queue_job_id
     ORDER BY c.priority DESC, c.id ASC;
+END;
+$function$
+"""
+
+FINISH_ATTEMPTS_0010 = r"""
+CREATE OR REPLACE FUNCTION public.jobq_finish_attempts(p_attempt_ids bigint[], p_outcomes text[], p_results text[], p_errors text[], p_retry_at timestamp with time zone[], p_lost boolean DEFAULT false)
+ RETURNS TABLE(attempt_id bigint, outcome text)
+ LANGUAGE plpgsql
+ SET jit TO 'off'
+ SET plan_cache_mode TO 'force_generic_plan'
+AS $function$
+#variable_conflict use_column
+-- Record how many attempts ended and move their jobs on, in a handful of statements whatever
+-- the batch size: per attempt its row, the queue row, our job row and an event. The outcomes
+-- are decided by the caller (service/domain/outcome.py), with one exception decided here, at
+-- the moment of writing and under the job's lock: a job a client asked to cancel
+-- (abort_requested) is never run again, so an outcome that would requeue it (retry,
+-- interrupted, any outcome of a lost attempt) is recorded as cancelled.
+-- Fenced: an attempt no longer open changes nothing and is not returned. The others are
+-- returned with the outcome recorded. p_lost: the attempts' worker is gone (recovery): they
+-- are recorded as `lost` and their job moves as the outcome says.
+DECLARE
+    v_applied bigint[];
+    v_outcomes text[];
+    v_requeued_queues varchar[];
+    v_requeued_jobs bigint[];
+    i integer;
+BEGIN
+    IF EXISTS (SELECT 1 FROM unnest(p_outcomes) AS o(outcome)
+               WHERE o.outcome IS NULL
+                  OR o.outcome NOT IN ('succeeded', 'failed', 'retry', 'cancelled',
+                                       'interrupted')) THEN
+        RAISE 'unknown attempt outcome in %', p_outcomes;
+    END IF;
+
+    WITH input AS (
+        SELECT * FROM unnest(p_attempt_ids, p_outcomes, p_results, p_errors, p_retry_at)
+            AS t(attempt_id, outcome, result, error, retry_at)
+    ), fenced AS (
+        SELECT a.id, a.job_id, a.number, a.worker_name
+        FROM job_attempts AS a
+        WHERE a.id = ANY (p_attempt_ids) AND a.finished_at IS NULL
+        ORDER BY a.id
+        FOR UPDATE OF a
+    ), target AS MATERIALIZED (
+        SELECT f.id AS attempt_id, f.job_id, f.number, f.worker_name,
+               pj.id AS queue_job_id, pj.queue_name,
+               CASE WHEN pj.abort_requested AND (p_lost OR i.outcome IN ('retry', 'interrupted'))
+                    THEN 'cancelled' ELSE i.outcome END AS outcome,
+               i.result::jsonb AS result, i.error::jsonb AS error, i.retry_at
+        FROM fenced AS f
+        JOIN input AS i ON i.attempt_id = f.id
+        JOIN jobs AS j ON j.id = f.job_id
+        JOIN procrastinate_jobs AS pj ON pj.id = j.queue_job_id
+        ORDER BY pj.id
+        FOR UPDATE OF pj
+    ), closed AS (
+        UPDATE job_attempts AS a
+        SET finished_at = now(), outcome = CASE WHEN p_lost THEN 'lost' ELSE t.outcome END,
+            error = t.error
+        FROM target AS t WHERE a.id = t.attempt_id
+    ), moved AS (
+        UPDATE procrastinate_jobs AS pj
+        SET status = (CASE t.outcome
+                          WHEN 'succeeded' THEN 'succeeded'
+                          WHEN 'failed' THEN 'failed'
+                          WHEN 'cancelled' THEN 'aborted'
+                          ELSE 'todo'  -- retry, interrupted
+                      END)::procrastinate_job_status,
+            -- an interrupted attempt (worker shutdown) is not counted
+            attempts = pj.attempts + CASE WHEN t.outcome = 'interrupted' THEN 0 ELSE 1 END,
+            abort_requested = CASE WHEN t.outcome IN ('retry', 'interrupted')
+                                   THEN pj.abort_requested ELSE false END,
+            scheduled_at = CASE t.outcome WHEN 'retry' THEN t.retry_at
+                                          WHEN 'interrupted' THEN NULL
+                                          ELSE pj.scheduled_at END,
+            worker_id = CASE WHEN t.outcome IN ('retry', 'interrupted') THEN NULL
+                             ELSE pj.worker_id END
+        FROM target AS t WHERE pj.id = t.queue_job_id
+    ), recorded AS (
+        UPDATE jobs AS j
+        SET result = CASE WHEN t.outcome = 'succeeded' THEN t.result ELSE j.result END,
+            error = CASE WHEN t.outcome = 'succeeded' THEN NULL ELSE t.error END,
+            progress = CASE WHEN t.outcome = 'succeeded' THEN 100 ELSE j.progress END,
+            stage = CASE WHEN t.outcome = 'succeeded' THEN NULL ELSE j.stage END,
+            progress_message = CASE WHEN t.outcome = 'succeeded' THEN NULL
+                                    ELSE j.progress_message END,
+            progress_updated_at = CASE WHEN t.outcome = 'succeeded' THEN now()
+                                       ELSE j.progress_updated_at END
+        FROM target AS t
+        WHERE j.id = t.job_id AND t.outcome IN ('succeeded', 'failed', 'retry')
+    ), logged AS (
+        INSERT INTO job_events (job_id, event, attempt, worker_name, error, message)
+        SELECT t.job_id,
+               CASE t.outcome WHEN 'retry' THEN 'retry_scheduled'
+                              WHEN 'interrupted' THEN 'requeued'
+                              ELSE t.outcome END,
+               t.number, CASE WHEN p_lost THEN NULL ELSE t.worker_name END, t.error,
+               concat_ws('; ',
+                         CASE WHEN p_lost THEN 'recovered from a lost worker' END,
+                         CASE WHEN t.outcome = 'retry'
+                              THEN 'next attempt at ' || t.retry_at::text END)
+        FROM target AS t
+    )
+    SELECT array_agg(t.attempt_id), array_agg(t.outcome),
+           array_agg(t.queue_name) FILTER (WHERE t.outcome IN ('retry', 'interrupted')),
+           array_agg(t.queue_job_id) FILTER (WHERE t.outcome IN ('retry', 'interrupted'))
+    INTO v_applied, v_outcomes, v_requeued_queues, v_requeued_jobs
+    FROM target AS t;
+
+    FOR i IN 1 .. coalesce(cardinality(v_requeued_jobs), 0) LOOP
+        PERFORM jobq_notify_requeued(v_requeued_queues[i], v_requeued_jobs[i]);
+    END LOOP;
+    RETURN QUERY SELECT * FROM unnest(v_applied, v_outcomes);
 END;
 $function$
 """

@@ -7,7 +7,7 @@ A job's status lives in one place only, `procrastinate_jobs.status` (with `sched
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     Double,
     ForeignKey,
@@ -248,6 +249,86 @@ class ScheduleTick(Base):
     job_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
     """The job it made (left as it is when retention deletes the job)."""
     made_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class QueueCount(Base):
+    """How many jobs a queue has in a status group (waiting, running, succeeded, failed,
+    cancelled), in shards summed on read; kept by triggers on procrastinate_jobs in the
+    transaction of every change (docs/queues.md)."""
+
+    __tablename__ = "queue_counts"
+
+    queue_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+class JobStatsDaily(Base):
+    """Jobs submitted, succeeded, failed, cancelled and retried per day (UTC), queue and
+    type: what the reports read (docs/reporting.md). Retention never deletes it."""
+
+    __tablename__ = "job_stats_daily"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    queue_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    submitted: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    succeeded: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    failed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cancelled: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    retried: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+class JobStatsHistogram(Base):
+    """Run times (`run`) and first waits (`wait`) per day, queue and type, as histogram
+    buckets (jobq_stats_bucket), for percentiles; with the largest value of each bucket."""
+
+    __tablename__ = "job_stats_histograms"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    queue_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(8), primary_key=True)
+    bucket: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+    max_ms: Mapped[float] = mapped_column(Double)
+
+
+class JobFailuresDaily(Base):
+    """Failed attempts and failed jobs per day, queue, type and error type, with the latest
+    message."""
+
+    __tablename__ = "job_failures_daily"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    queue_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    error_type: Mapped[str] = mapped_column(Text, primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    attempts: Mapped[int] = mapped_column(BigInteger)
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    last_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_message: Mapped[str | None] = mapped_column(Text)
+
+
+class WorkerStatsDaily(Base):
+    """What each worker did per day: attempts by outcome and time busy."""
+
+    __tablename__ = "worker_stats_daily"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    worker_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    attempts: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    succeeded: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    failed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    retried: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cancelled: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    interrupted: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    lost: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    busy_ms: Mapped[float] = mapped_column(Double, server_default=text("0"))
 
 
 class Worker(Base):
