@@ -369,6 +369,114 @@ CREATE VIEW job_overview AS
    FROM jobs j
      JOIN procrastinate_jobs pj ON pj.id = j.queue_job_id;
 
+CREATE VIEW report_daily AS
+ WITH counts AS (
+         SELECT job_stats_daily.day,
+            job_stats_daily.queue_name,
+            job_stats_daily.task_name,
+            sum(job_stats_daily.submitted) AS submitted,
+            sum(job_stats_daily.succeeded) AS succeeded,
+            sum(job_stats_daily.failed) AS failed,
+            sum(job_stats_daily.cancelled) AS cancelled,
+            sum(job_stats_daily.retried) AS retried
+           FROM job_stats_daily
+          GROUP BY job_stats_daily.day, job_stats_daily.queue_name, job_stats_daily.task_name
+        ), buckets AS (
+         SELECT job_stats_histograms.day,
+            job_stats_histograms.queue_name,
+            job_stats_histograms.task_name,
+            job_stats_histograms.metric,
+            job_stats_histograms.bucket,
+            sum(job_stats_histograms.n) AS n,
+            max(job_stats_histograms.max_ms) AS max_ms
+           FROM job_stats_histograms
+          GROUP BY job_stats_histograms.day, job_stats_histograms.queue_name, job_stats_histograms.task_name, job_stats_histograms.metric, job_stats_histograms.bucket
+        ), running AS (
+         SELECT b.day,
+            b.queue_name,
+            b.task_name,
+            b.metric,
+            b.bucket,
+            b.n,
+            b.max_ms,
+            sum(b.n) OVER (PARTITION BY b.day, b.queue_name, b.task_name, b.metric ORDER BY b.bucket) AS reached,
+            sum(b.n) OVER (PARTITION BY b.day, b.queue_name, b.task_name, b.metric) AS total
+           FROM buckets b
+        ), percentiles AS (
+         SELECT running.day,
+            running.queue_name,
+            running.task_name,
+            running.metric,
+            max(running.max_ms) AS max_ms,
+            LEAST(jobq_stats_bucket_ms(min(running.bucket) FILTER (WHERE running.reached >= (0.5 * running.total))), max(running.max_ms)) AS p50_ms,
+            LEAST(jobq_stats_bucket_ms(min(running.bucket) FILTER (WHERE running.reached >= (0.95 * running.total))), max(running.max_ms)) AS p95_ms
+           FROM running
+          GROUP BY running.day, running.queue_name, running.task_name, running.metric
+        ), keys AS (
+         SELECT counts.day,
+            counts.queue_name,
+            counts.task_name
+           FROM counts
+        UNION
+         SELECT percentiles.day,
+            percentiles.queue_name,
+            percentiles.task_name
+           FROM percentiles
+        )
+ SELECT k.day,
+    k.queue_name AS queue,
+    k.task_name AS type,
+    COALESCE(c.submitted, 0::numeric) AS submitted,
+    COALESCE(c.succeeded, 0::numeric) AS succeeded,
+    COALESCE(c.failed, 0::numeric) AS failed,
+    COALESCE(c.cancelled, 0::numeric) AS cancelled,
+    COALESCE(c.retried, 0::numeric) AS retried,
+    round(r.p50_ms::numeric, 1) AS run_p50_ms,
+    round(r.p95_ms::numeric, 1) AS run_p95_ms,
+    round(r.max_ms::numeric, 1) AS run_max_ms,
+    round(w.p50_ms::numeric, 1) AS wait_p50_ms,
+    round(w.p95_ms::numeric, 1) AS wait_p95_ms,
+    round(w.max_ms::numeric, 1) AS wait_max_ms
+   FROM keys k
+     LEFT JOIN counts c USING (day, queue_name, task_name)
+     LEFT JOIN percentiles r ON r.day = k.day AND r.queue_name::text = k.queue_name::text AND r.task_name::text = k.task_name::text AND r.metric::text = 'run'::text
+     LEFT JOIN percentiles w ON w.day = k.day AND w.queue_name::text = k.queue_name::text AND w.task_name::text = k.task_name::text AND w.metric::text = 'wait'::text;
+
+CREATE VIEW report_failures AS
+ SELECT job_failures_daily.day,
+    job_failures_daily.queue_name AS queue,
+    job_failures_daily.task_name AS type,
+    job_failures_daily.error_type,
+    sum(job_failures_daily.attempts) AS failed_attempts,
+    sum(job_failures_daily.jobs) AS failed_jobs,
+    max(job_failures_daily.last_at) AS last_at,
+    (array_agg(job_failures_daily.last_message ORDER BY job_failures_daily.last_at DESC))[1] AS last_message
+   FROM job_failures_daily
+  GROUP BY job_failures_daily.day, job_failures_daily.queue_name, job_failures_daily.task_name, job_failures_daily.error_type;
+
+CREATE VIEW report_workers AS
+ SELECT s.day,
+    s.worker_name AS worker,
+    s.attempts,
+    s.succeeded,
+    s.failed,
+    s.retried,
+    s.cancelled,
+    s.interrupted,
+    s.lost,
+    round((s.busy_ms / 1000::double precision)::numeric, 3) AS busy_seconds,
+    live.host,
+    live.last_heartbeat,
+    live.host IS NOT NULL AS live
+   FROM worker_stats_daily s
+     LEFT JOIN LATERAL ( SELECT w.host,
+            pw.last_heartbeat
+           FROM workers w
+             JOIN procrastinate_workers pw ON pw.id = w.id
+          WHERE w.name = s.worker_name
+          ORDER BY pw.last_heartbeat DESC
+         LIMIT 1) live ON true;
+
 -- Functions -------------------------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION public.jobq_apply_job_retention(p_after_created timestamp with time zone, p_after_id uuid, p_scan integer, OUT deleted integer, OUT last_created timestamp with time zone, OUT last_id uuid)

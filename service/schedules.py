@@ -145,7 +145,8 @@ def _json(row) -> dict[str, Any]:
     return {
         "name": schedule.name, "cron": schedule.cron,
         "interval_seconds": schedule.interval_seconds, "timezone": schedule.timezone,
-        "paused": schedule.paused, "origin": row["origin"], "job": row["job"],
+        "paused": schedule.paused, "origin": row["origin"],
+        "job": {k: v for k, v in row["job"].items() if v is not None},
         "next_tick_at": None if schedule.paused else _iso(
             next_tick(schedule, row["anchor_at"], now)),
         "last_tick_at": _iso(row["last_tick_at"]),

@@ -1031,6 +1031,69 @@ END;
 $$
 """
 
+# -- reports (docs/reporting.md): views over the daily aggregates, which retention never deletes
+
+REPORT_VIEWS = r"""
+CREATE VIEW report_daily AS
+WITH counts AS (
+    SELECT day, queue_name, task_name, sum(submitted) AS submitted,
+           sum(succeeded) AS succeeded, sum(failed) AS failed, sum(cancelled) AS cancelled,
+           sum(retried) AS retried
+    FROM job_stats_daily GROUP BY day, queue_name, task_name
+), buckets AS (
+    SELECT day, queue_name, task_name, metric, bucket, sum(n) AS n, max(max_ms) AS max_ms
+    FROM job_stats_histograms GROUP BY day, queue_name, task_name, metric, bucket
+), running AS (
+    SELECT b.*,
+           sum(b.n) OVER (PARTITION BY b.day, b.queue_name, b.task_name, b.metric
+                          ORDER BY b.bucket) AS reached,
+           sum(b.n) OVER (PARTITION BY b.day, b.queue_name, b.task_name, b.metric) AS total
+    FROM buckets AS b
+), percentiles AS (
+    SELECT day, queue_name, task_name, metric, max(max_ms) AS max_ms,
+           least(jobq_stats_bucket_ms(min(bucket) FILTER (WHERE reached >= 0.5 * total)),
+                 max(max_ms)) AS p50_ms,
+           least(jobq_stats_bucket_ms(min(bucket) FILTER (WHERE reached >= 0.95 * total)),
+                 max(max_ms)) AS p95_ms
+    FROM running GROUP BY day, queue_name, task_name, metric
+), keys AS (
+    SELECT day, queue_name, task_name FROM counts
+    UNION SELECT day, queue_name, task_name FROM percentiles
+)
+SELECT k.day, k.queue_name AS queue, k.task_name AS type,
+       coalesce(c.submitted, 0) AS submitted, coalesce(c.succeeded, 0) AS succeeded,
+       coalesce(c.failed, 0) AS failed, coalesce(c.cancelled, 0) AS cancelled,
+       coalesce(c.retried, 0) AS retried,
+       round(r.p50_ms::numeric, 1) AS run_p50_ms, round(r.p95_ms::numeric, 1) AS run_p95_ms,
+       round(r.max_ms::numeric, 1) AS run_max_ms,
+       round(w.p50_ms::numeric, 1) AS wait_p50_ms, round(w.p95_ms::numeric, 1) AS wait_p95_ms,
+       round(w.max_ms::numeric, 1) AS wait_max_ms
+FROM keys AS k
+LEFT JOIN counts AS c USING (day, queue_name, task_name)
+LEFT JOIN percentiles AS r
+       ON (r.day, r.queue_name, r.task_name, r.metric) = (k.day, k.queue_name, k.task_name, 'run')
+LEFT JOIN percentiles AS w
+       ON (w.day, w.queue_name, w.task_name, w.metric) = (k.day, k.queue_name, k.task_name, 'wait');
+
+CREATE VIEW report_failures AS
+SELECT day, queue_name AS queue, task_name AS type, error_type,
+       sum(attempts) AS failed_attempts, sum(jobs) AS failed_jobs, max(last_at) AS last_at,
+       (array_agg(last_message ORDER BY last_at DESC))[1] AS last_message
+FROM job_failures_daily
+GROUP BY day, queue_name, task_name, error_type;
+
+CREATE VIEW report_workers AS
+SELECT s.day, s.worker_name AS worker, s.attempts, s.succeeded, s.failed, s.retried,
+       s.cancelled, s.interrupted, s.lost, round((s.busy_ms / 1000)::numeric, 3) AS busy_seconds,
+       live.host, live.last_heartbeat, live.host IS NOT NULL AS live
+FROM worker_stats_daily AS s
+LEFT JOIN LATERAL (
+    SELECT w.host, pw.last_heartbeat FROM workers AS w
+    JOIN procrastinate_workers AS pw ON pw.id = w.id
+    WHERE w.name = s.worker_name ORDER BY pw.last_heartbeat DESC LIMIT 1
+) AS live ON true;
+"""
+
 
 def _statements(script: str) -> list[str]:
     """The statements of a script, one by one (asyncpg runs one per call): they end with a
@@ -1071,9 +1134,13 @@ def upgrade() -> None:
             op.execute(statement)
     op.execute(COUNT_BACKFILL)
     op.execute(FINISH_ATTEMPTS)
+    for statement in _statements(REPORT_VIEWS):
+        op.execute(statement)
 
 
 def downgrade() -> None:
+    for view in ("report_workers", "report_failures", "report_daily"):
+        op.execute(f"DROP VIEW {view}")
     op.execute(FINISH_ATTEMPTS_0010)
     for trigger in ("jobq_count_inserted", "jobq_count_updated", "jobq_count_deleted",
                     "jobq_count_truncated"):
