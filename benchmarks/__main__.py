@@ -25,7 +25,17 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks import conversion, database, drain, enqueue, latency, report, scale, stock
+from benchmarks import (
+    conversion,
+    database,
+    drain,
+    enqueue,
+    latency,
+    policies,
+    report,
+    scale,
+    stock,
+)
 from benchmarks.context import SIZES, Case, Context, Size
 from service.backend import Backend
 
@@ -33,7 +43,7 @@ from service.backend import Backend
 def cases(only: list[str] | None = None) -> list[Case]:
     """Every benchmark, or those whose name contains one of `only`."""
     every = [*drain.cases(), *enqueue.cases(), *latency.cases(), *scale.cases(),
-             *conversion.cases()]
+             *policies.cases(), *conversion.cases()]
     return [case for case in every if not only or any(part in case.name for part in only)]
 
 
