@@ -549,7 +549,10 @@ BEGIN
             ('failed', q.failed_max_age_seconds, q.failed_max_count),
             ('cancelled', q.cancelled_max_age_seconds, q.cancelled_max_count))
             AS s(status, max_age, max_count)
-        WHERE s.max_age IS NOT NULL OR s.max_count IS NOT NULL
+        WHERE (s.max_age IS NOT NULL OR s.max_count IS NOT NULL)
+          -- none of that status: no walk (the kept counts say so at once)
+          AND (SELECT sum(c.n) FROM queue_counts AS c
+               WHERE c.queue_name = q.name AND c.status = s.status) > 0
         ORDER BY q.name, s.status
     LOOP
         IF r.max_age IS NOT NULL AND v_deleted < p_limit THEN
@@ -904,9 +907,10 @@ CREATE OR REPLACE FUNCTION public.jobq_count_jobs(p_queue character varying, p_s
  LANGUAGE sql
  STABLE
 AS $function$
-    -- How many jobs of a queue are in these queue statuses.
-    SELECT count(*) FROM procrastinate_jobs
-    WHERE queue_name = p_queue AND status = ANY (p_statuses)
+    -- How many jobs of a queue are in these queue statuses, from the kept counts.
+    SELECT coalesce(sum(c.n), 0)::bigint FROM queue_counts AS c
+    WHERE c.queue_name = p_queue
+      AND c.status IN (SELECT jobq_status_group(s) FROM unnest(p_statuses) AS s)
 $function$;
 
 CREATE OR REPLACE FUNCTION public.jobq_delete_job(p_job_id uuid, OUT verdict text, OUT prior_status text)

@@ -316,9 +316,10 @@ $$
 COUNT_JOBS = r"""
 CREATE FUNCTION jobq_count_jobs(p_queue varchar, p_statuses procrastinate_job_status[])
 RETURNS bigint LANGUAGE sql STABLE AS $$
-    -- How many jobs of a queue are in these queue statuses.
-    SELECT count(*) FROM procrastinate_jobs
-    WHERE queue_name = p_queue AND status = ANY (p_statuses)
+    -- How many jobs of a queue are in these queue statuses, from the kept counts.
+    SELECT coalesce(sum(c.n), 0)::bigint FROM queue_counts AS c
+    WHERE c.queue_name = p_queue
+      AND c.status IN (SELECT jobq_status_group(s) FROM unnest(p_statuses) AS s)
 $$
 """
 
@@ -340,7 +341,10 @@ BEGIN
             ('failed', q.failed_max_age_seconds, q.failed_max_count),
             ('cancelled', q.cancelled_max_age_seconds, q.cancelled_max_count))
             AS s(status, max_age, max_count)
-        WHERE s.max_age IS NOT NULL OR s.max_count IS NOT NULL
+        WHERE (s.max_age IS NOT NULL OR s.max_count IS NOT NULL)
+          -- none of that status: no walk (the kept counts say so at once)
+          AND (SELECT sum(c.n) FROM queue_counts AS c
+               WHERE c.queue_name = q.name AND c.status = s.status) > 0
         ORDER BY q.name, s.status
     LOOP
         IF r.max_age IS NOT NULL AND v_deleted < p_limit THEN
@@ -1121,7 +1125,7 @@ def upgrade() -> None:
     op.execute("DROP TRIGGER job_files_forget_unused ON job_files")
     op.execute(FORGET_UNUSED_FILE)
     op.execute(FORGET_UNUSED_TRIGGER)
-    for statement in (FINISHED_STATUSES, COUNT_JOBS, CLEAN_QUEUE, TRIM_QUEUE, APPLY_RETENTION,
+    for statement in (FINISHED_STATUSES, CLEAN_QUEUE, TRIM_QUEUE, APPLY_RETENTION,
                       APPLY_JOB_RETENTION):
         op.execute(statement)
     op.execute(QUEUE_STARTS)
@@ -1133,6 +1137,7 @@ def upgrade() -> None:
         for statement in _statements(script):
             op.execute(statement)
     op.execute(COUNT_BACKFILL)
+    op.execute(COUNT_JOBS)  # reads queue_counts, made just above
     op.execute(FINISH_ATTEMPTS)
     for statement in _statements(REPORT_VIEWS):
         op.execute(statement)
