@@ -18,6 +18,7 @@ from service.settings import Settings
 
 TABLES = (
     "job_events, job_attempts, job_files, conversion_cache, file_chunks, files, jobs, queues, "
+    "queue_starts, schedule_ticks, schedules, "
     "workers, procrastinate_events, "
     "procrastinate_periodic_defers, procrastinate_jobs, procrastinate_workers"
 )
