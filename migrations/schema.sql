@@ -475,16 +475,17 @@ CREATE VIEW report_daily AS
      LEFT JOIN percentiles w ON w.day = k.day AND w.queue_name::text = k.queue_name::text AND w.task_name::text = k.task_name::text AND w.metric::text = 'wait'::text;
 
 CREATE VIEW report_failures AS
- SELECT job_failures_daily.day,
-    job_failures_daily.queue_name AS queue,
-    job_failures_daily.task_name AS type,
-    job_failures_daily.error_type,
-    sum(job_failures_daily.attempts) AS failed_attempts,
-    sum(job_failures_daily.jobs) AS failed_jobs,
-    max(job_failures_daily.last_at) AS last_at,
-    (array_agg(job_failures_daily.last_message ORDER BY job_failures_daily.last_at DESC))[1] AS last_message
-   FROM job_failures_daily
-  GROUP BY job_failures_daily.day, job_failures_daily.queue_name, job_failures_daily.task_name, job_failures_daily.error_type;
+ SELECT f.day,
+    f.queue_name AS queue,
+    f.task_name AS type,
+    f.error_type,
+    sum(f.attempts) AS failed_attempts,
+    sum(f.jobs) AS failed_jobs,
+    max(f.last_at) AS last_at,
+    (array_agg(m.message ORDER BY f.last_at DESC))[1] AS last_message
+   FROM job_failures_daily f
+     CROSS JOIN LATERAL ( SELECT f.last_message AS message) m
+  GROUP BY f.day, f.queue_name, f.task_name, f.error_type;
 
 CREATE VIEW report_workers AS
  SELECT s.day,

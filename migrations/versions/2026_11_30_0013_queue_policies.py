@@ -1083,11 +1083,15 @@ LEFT JOIN percentiles AS w
        ON (w.day, w.queue_name, w.task_name, w.metric) = (k.day, k.queue_name, k.task_name, 'wait');
 
 CREATE VIEW report_failures AS
-SELECT day, queue_name AS queue, task_name AS type, error_type,
-       sum(attempts) AS failed_attempts, sum(jobs) AS failed_jobs, max(last_at) AS last_at,
-       (array_agg(last_message ORDER BY last_at DESC))[1] AS last_message
-FROM job_failures_daily
-GROUP BY day, queue_name, task_name, error_type;
+SELECT f.day, f.queue_name AS queue, f.task_name AS type, f.error_type,
+       sum(f.attempts) AS failed_attempts, sum(f.jobs) AS failed_jobs, max(f.last_at) AS last_at,
+       (array_agg(m.message ORDER BY f.last_at DESC))[1] AS last_message
+FROM job_failures_daily AS f
+-- A second relation keeps every column qualified when PostgreSQL prints the view: 16 and
+-- later drop the qualification in single-relation views, 15 keeps it, and
+-- migrations/schema.sql must read the same from both.
+CROSS JOIN LATERAL (SELECT f.last_message AS message) AS m
+GROUP BY f.day, f.queue_name, f.task_name, f.error_type;
 
 CREATE VIEW report_workers AS
 SELECT s.day, s.worker_name AS worker, s.attempts, s.succeeded, s.failed, s.retried,
