@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +23,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from service.db import admin, migrate
 from tests.conftest import new_database
-from tests.support import free_port
+from tests.support import serve_and_work
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "tests" / "corpus"
@@ -86,29 +83,10 @@ def service(browser_database_url: str, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[Service]:
     """`jobq serve` and one `jobq worker` as real processes."""
     logs = tmp_path_factory.mktemp("browser-service")
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": browser_database_url, "JOBQ_POLL_SECONDS": "0.2",
-           "JOBQ_HEARTBEAT_SECONDS": "1", "JOBQ_PROGRESS_INTERVAL_SECONDS": "0.05",
-           "JOBQ_CONVERSION_PROCESSES": "1"}
-    processes = []
-    for name, args in [("serve", ["serve", "--port", str(port)]),
-                       ("worker", ["worker", "--concurrency", "4", "--name", WORKER_NAME])]:
-        with open(logs / f"{name}.log", "w") as log:
-            processes.append(subprocess.Popen([sys.executable, "-m", "service.cli", *args],
-                                              env=env, stdout=log, stderr=subprocess.STDOUT))
-    service = Service(f"http://127.0.0.1:{port}", logs, processes[1].pid)
-    try:
+    with serve_and_work(browser_database_url, logs, WORKER_NAME) as (url, processes):
+        service = Service(url, logs, processes[1].pid)
         wait_until_ready(service)
         yield service
-    finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def wait_until_ready(service: Service) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port
+from tests.support import free_port, serve_and_work
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 
@@ -24,33 +23,17 @@ CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 def service(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A `jobq serve` and a `jobq worker` on the test run's database; yields the API URL."""
     logs = tmp_path_factory.mktemp("console")
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "JOBQ_POLL_SECONDS": "0.2",
-           "JOBQ_PROGRESS_INTERVAL_SECONDS": "0.05", "JOBQ_CONVERSION_PROCESSES": "1"}
-    processes = []
-    for name, args in [("serve", ["serve", "--port", str(port)]),
-                       ("worker", ["worker", "--concurrency", "4", "--name", "console-worker"])]:
-        with open(logs / f"{name}.log", "w") as log:
-            processes.append(subprocess.Popen([sys.executable, "-m", "service.cli", *args],
-                                              env=env, stdout=log, stderr=subprocess.STDOUT))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/ready").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, (logs / "serve.log").read_text()[-3000:]
-        time.sleep(0.2)
-    yield url
-    for process in processes:
-        process.send_signal(signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with serve_and_work(database_url, logs, "console-worker") as (url, _):
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, (logs / "serve.log").read_text()[-3000:]
+            time.sleep(0.2)
+        yield url
 
 
 def jobq(url: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
