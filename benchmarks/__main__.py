@@ -31,6 +31,7 @@ from benchmarks import (
     drain,
     enqueue,
     latency,
+    policies,
     report,
     scale,
     stock,
@@ -43,7 +44,7 @@ from service.backend import Backend
 def cases(only: list[str] | None = None) -> list[Case]:
     """Every benchmark, or those whose name contains one of `only`."""
     every = [*drain.cases(), *enqueue.cases(), *latency.cases(), *scale.cases(),
-             *conversion.cases(), *streams.cases()]
+             *policies.cases(), *conversion.cases(), *streams.cases()]
     return [case for case in every if not only or any(part in case.name for part in only)]
 
 

@@ -49,6 +49,10 @@ class Size:
 SIZES = {
     "smoke": Size("smoke", repetitions=1, drain_jobs=300, api_single=30, api_concurrent=64,
                   batches=1, latency_jobs=30, history_jobs=2_000, conversions=2),
+    # A quick look at the figures on a shared machine: one repetition, a fifth of the history.
+    "reduced": Size("reduced", repetitions=1, drain_jobs=5_000, api_single=200,
+                    api_concurrent=640, batches=2, latency_jobs=200, history_jobs=200_000,
+                    conversions=2),
     "full": Size("full", repetitions=3, drain_jobs=20_000, api_single=2_000,
                  api_concurrent=4_000, batches=10, latency_jobs=1_000, history_jobs=1_000_000,
                  conversions=8),

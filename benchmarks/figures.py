@@ -129,6 +129,25 @@ _CONVERSION = [
            "conversions through the queue, 1 worker", "conv/s", True),
 ]
 
+_POLICIES = [
+    Figure("jobq.policies.unlimited.drain_jobs_per_s", "policies: drain c10, no limits",
+           "jobs/s", True),
+    Figure("jobq.policies.limited.drain_jobs_per_s",
+           "policies: drain c10, rate and concurrency limits set", "jobs/s", True,
+           baseline="jobq.policies.unlimited.drain_jobs_per_s"),
+    Figure("jobq.policies.history.queues_ms", "policies: GET /queues, 1M finished jobs", "ms",
+           False),
+    *[Figure(f"jobq.policies.history.{view}_ms", f"policies: SELECT * FROM {view}, 1M jobs",
+             "ms", False) for view in ("report_daily", "report_failures", "report_workers")],
+    Figure("jobq.policies.history.drain_jobs_per_s", "policies: drain c10, 1M finished jobs",
+           "jobs/s", True),
+    Figure("jobq.policies.retention.drain_jobs_per_s",
+           "policies: drain c10 while retention deletes 1M", "jobs/s", True,
+           baseline="jobq.policies.history.drain_jobs_per_s"),
+    Figure("jobq.policies.retention.jobs_per_s", "policies: retention rate during that drain",
+           "jobs/s", True),
+]
+
 _STREAMS = [
     Figure("jobq.streams.idle_rss_mb", "streams: API RSS before they open", "MiB", False),
     Figure("jobq.streams.open_rss_mb", "streams: API RSS with all open", "MiB", False,
@@ -142,6 +161,7 @@ _STREAMS = [
 ]
 
 CATALOGUE: list[Figure] = [*_DRAIN, *_ENQUEUE, *_STOCK_ENQUEUE, *_LATENCY, *_MEMORY, *_SCALE,
+                           *_POLICIES,
                            *_CONVERSION, *_STREAMS]
 
 BY_KEY = {figure.key: figure for figure in CATALOGUE}

@@ -1,4 +1,4 @@
--- The schema of a jobq database at revision 0012, written from a migrated database by
+-- The schema of a jobq database at revision 0013, written from a migrated database by
 -- `python -m service.db.schema write`: do not edit by hand. tests/migrations checks that it
 -- is current. Alembic's revisions (migrations/versions) build the database; this file is for
 -- reading, and for copying a function's current text into a new revision.
@@ -109,6 +109,19 @@ CREATE TABLE job_events (
 );
 CREATE INDEX ix_job_events_job_id_id ON public.job_events USING btree (job_id, id);
 
+CREATE TABLE job_failures_daily (
+    day date NOT NULL,
+    queue_name character varying(128) NOT NULL,
+    task_name character varying(128) NOT NULL,
+    error_type text NOT NULL,
+    shard smallint NOT NULL,
+    attempts bigint NOT NULL,
+    jobs bigint NOT NULL,
+    last_at timestamp with time zone NOT NULL,
+    last_message text,
+    CONSTRAINT pk_job_failures_daily PRIMARY KEY (day, queue_name, task_name, error_type, shard)
+);
+
 CREATE TABLE job_files (
     job_id uuid NOT NULL,
     role character varying(16) NOT NULL,
@@ -119,6 +132,31 @@ CREATE TABLE job_files (
     CONSTRAINT fk_job_files_job_id_jobs FOREIGN KEY (job_id) REFERENCES jobs(id) ON DELETE CASCADE
 );
 CREATE INDEX ix_job_files_file_id ON public.job_files USING btree (file_id);
+
+CREATE TABLE job_stats_daily (
+    day date NOT NULL,
+    queue_name character varying(128) NOT NULL,
+    task_name character varying(128) NOT NULL,
+    shard smallint NOT NULL,
+    submitted bigint DEFAULT 0 NOT NULL,
+    succeeded bigint DEFAULT 0 NOT NULL,
+    failed bigint DEFAULT 0 NOT NULL,
+    cancelled bigint DEFAULT 0 NOT NULL,
+    retried bigint DEFAULT 0 NOT NULL,
+    CONSTRAINT pk_job_stats_daily PRIMARY KEY (day, queue_name, task_name, shard)
+);
+
+CREATE TABLE job_stats_histograms (
+    day date NOT NULL,
+    queue_name character varying(128) NOT NULL,
+    task_name character varying(128) NOT NULL,
+    metric character varying(8) NOT NULL,
+    bucket smallint NOT NULL,
+    shard smallint NOT NULL,
+    n bigint NOT NULL,
+    max_ms double precision NOT NULL,
+    CONSTRAINT pk_job_stats_histograms PRIMARY KEY (day, queue_name, task_name, metric, bucket, shard)
+);
 
 CREATE TABLE jobs (
     id uuid NOT NULL,
@@ -138,6 +176,7 @@ CREATE TABLE jobs (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     backoff jsonb,
     key character varying(255),
+    retention jsonb,
     CONSTRAINT pk_jobs PRIMARY KEY (id),
     CONSTRAINT uq_jobs_idempotency_key UNIQUE (idempotency_key),
     CONSTRAINT uq_jobs_key UNIQUE (key),
@@ -147,6 +186,7 @@ CREATE TABLE jobs (
     CONSTRAINT ck_jobs_progress_percent CHECK (progress >= 0 AND progress <= 100)
 );
 CREATE INDEX ix_jobs_created_at_id ON public.jobs USING btree (created_at, id);
+CREATE INDEX ix_jobs_retention_created_at ON public.jobs USING btree (created_at, id) WHERE (retention IS NOT NULL);
 
 CREATE TABLE procrastinate_events (
     id bigint DEFAULT nextval('procrastinate_events_id_seq'::regclass) NOT NULL,
@@ -177,6 +217,8 @@ CREATE TABLE procrastinate_jobs (
 );
 CREATE INDEX idx_procrastinate_jobs_worker_not_null ON public.procrastinate_jobs USING btree (worker_id) WHERE ((worker_id IS NOT NULL) AND (status = 'doing'::procrastinate_job_status));
 CREATE INDEX ix_procrastinate_jobs_queue_status ON public.procrastinate_jobs USING btree (queue_name, status);
+CREATE INDEX ix_procrastinate_jobs_todo_scheduled ON public.procrastinate_jobs USING btree (queue_name, scheduled_at) WHERE ((status = 'todo'::procrastinate_job_status) AND (scheduled_at IS NOT NULL));
+CREATE INDEX ix_procrastinate_jobs_todo_unscheduled ON public.procrastinate_jobs USING btree (queue_name, id) WHERE ((status = 'todo'::procrastinate_job_status) AND (scheduled_at IS NULL));
 CREATE INDEX procrastinate_jobs_id_lock_idx_v1 ON public.procrastinate_jobs USING btree (id, lock) WHERE (status = ANY (ARRAY['todo'::procrastinate_job_status, 'doing'::procrastinate_job_status]));
 CREATE UNIQUE INDEX procrastinate_jobs_lock_idx_v1 ON public.procrastinate_jobs USING btree (lock) WHERE (status = 'doing'::procrastinate_job_status);
 CREATE INDEX procrastinate_jobs_priority_idx_v1 ON public.procrastinate_jobs USING btree (priority DESC, id) WHERE (status = 'todo'::procrastinate_job_status);
@@ -202,11 +244,68 @@ CREATE TABLE procrastinate_workers (
 );
 CREATE INDEX idx_procrastinate_workers_last_heartbeat ON public.procrastinate_workers USING btree (last_heartbeat);
 
+CREATE TABLE queue_counts (
+    queue_name character varying(128) NOT NULL,
+    status character varying(16) NOT NULL,
+    shard smallint NOT NULL,
+    n bigint NOT NULL,
+    CONSTRAINT pk_queue_counts PRIMARY KEY (queue_name, status, shard)
+);
+
+CREATE TABLE queue_starts (
+    queue_name character varying(128) NOT NULL,
+    started_at timestamp with time zone NOT NULL,
+    starts integer NOT NULL,
+    CONSTRAINT pk_queue_starts PRIMARY KEY (queue_name, started_at)
+);
+
 CREATE TABLE queues (
     name character varying(128) NOT NULL,
     paused boolean DEFAULT false NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT pk_queues PRIMARY KEY (name)
+    rate_limit integer,
+    rate_period_seconds double precision,
+    concurrency_limit integer,
+    max_attempts integer,
+    timeout_seconds double precision,
+    backoff jsonb,
+    succeeded_max_age_seconds double precision DEFAULT 86400,
+    succeeded_max_count integer DEFAULT 1000,
+    failed_max_age_seconds double precision DEFAULT 604800,
+    failed_max_count integer,
+    cancelled_max_age_seconds double precision DEFAULT 86400,
+    cancelled_max_count integer,
+    CONSTRAINT pk_queues PRIMARY KEY (name),
+    CONSTRAINT ck_queues_concurrency_limit_positive CHECK (concurrency_limit >= 1),
+    CONSTRAINT ck_queues_max_attempts_range CHECK (max_attempts >= 1 AND max_attempts <= 100),
+    CONSTRAINT ck_queues_rate_limit_whole CHECK ((rate_limit IS NULL) = (rate_period_seconds IS NULL) AND (rate_limit IS NULL OR rate_limit >= 1) AND (rate_period_seconds IS NULL OR rate_period_seconds > 0::double precision)),
+    CONSTRAINT ck_queues_retention_not_negative CHECK (succeeded_max_age_seconds >= 0::double precision AND succeeded_max_count >= 0 AND failed_max_age_seconds >= 0::double precision AND failed_max_count >= 0 AND cancelled_max_age_seconds >= 0::double precision AND cancelled_max_count >= 0),
+    CONSTRAINT ck_queues_timeout_positive CHECK (timeout_seconds > 0::double precision)
+);
+
+CREATE TABLE schedule_ticks (
+    schedule_name character varying(128) NOT NULL,
+    tick_at timestamp with time zone NOT NULL,
+    job_id uuid,
+    made_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT pk_schedule_ticks PRIMARY KEY (schedule_name, tick_at),
+    CONSTRAINT fk_schedule_ticks_schedule_name_schedules FOREIGN KEY (schedule_name) REFERENCES schedules(name) ON DELETE CASCADE
+);
+
+CREATE TABLE schedules (
+    name character varying(128) NOT NULL,
+    cron text,
+    interval_seconds double precision,
+    timezone text DEFAULT 'UTC'::text NOT NULL,
+    job jsonb NOT NULL,
+    paused boolean DEFAULT false NOT NULL,
+    origin character varying(8) DEFAULT 'api'::character varying NOT NULL,
+    anchor_at timestamp with time zone DEFAULT now() NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT pk_schedules PRIMARY KEY (name),
+    CONSTRAINT ck_schedules_cron_or_interval CHECK ((cron IS NULL) <> (interval_seconds IS NULL)),
+    CONSTRAINT ck_schedules_origin_known CHECK (origin::text = ANY (ARRAY['api'::character varying, 'code'::character varying]::text[]))
 );
 
 CREATE TABLE webhook_deliveries (
@@ -224,6 +323,20 @@ CREATE TABLE webhook_deliveries (
     CONSTRAINT fk_webhook_deliveries_job_id_jobs FOREIGN KEY (job_id) REFERENCES jobs(id) ON DELETE CASCADE
 );
 CREATE INDEX ix_webhook_deliveries_job_id_id ON public.webhook_deliveries USING btree (job_id, id);
+
+CREATE TABLE worker_stats_daily (
+    day date NOT NULL,
+    worker_name text NOT NULL,
+    attempts bigint DEFAULT 0 NOT NULL,
+    succeeded bigint DEFAULT 0 NOT NULL,
+    failed bigint DEFAULT 0 NOT NULL,
+    retried bigint DEFAULT 0 NOT NULL,
+    cancelled bigint DEFAULT 0 NOT NULL,
+    interrupted bigint DEFAULT 0 NOT NULL,
+    lost bigint DEFAULT 0 NOT NULL,
+    busy_ms double precision DEFAULT 0 NOT NULL,
+    CONSTRAINT pk_worker_stats_daily PRIMARY KEY (day, worker_name)
+);
 
 CREATE TABLE workers (
     id bigint NOT NULL,
@@ -288,7 +401,205 @@ CREATE VIEW job_overview AS
    FROM jobs j
      JOIN procrastinate_jobs pj ON pj.id = j.queue_job_id;
 
+CREATE VIEW report_daily AS
+ WITH counts AS (
+         SELECT job_stats_daily.day,
+            job_stats_daily.queue_name,
+            job_stats_daily.task_name,
+            sum(job_stats_daily.submitted) AS submitted,
+            sum(job_stats_daily.succeeded) AS succeeded,
+            sum(job_stats_daily.failed) AS failed,
+            sum(job_stats_daily.cancelled) AS cancelled,
+            sum(job_stats_daily.retried) AS retried
+           FROM job_stats_daily
+          GROUP BY job_stats_daily.day, job_stats_daily.queue_name, job_stats_daily.task_name
+        ), buckets AS (
+         SELECT job_stats_histograms.day,
+            job_stats_histograms.queue_name,
+            job_stats_histograms.task_name,
+            job_stats_histograms.metric,
+            job_stats_histograms.bucket,
+            sum(job_stats_histograms.n) AS n,
+            max(job_stats_histograms.max_ms) AS max_ms
+           FROM job_stats_histograms
+          GROUP BY job_stats_histograms.day, job_stats_histograms.queue_name, job_stats_histograms.task_name, job_stats_histograms.metric, job_stats_histograms.bucket
+        ), running AS (
+         SELECT b.day,
+            b.queue_name,
+            b.task_name,
+            b.metric,
+            b.bucket,
+            b.n,
+            b.max_ms,
+            sum(b.n) OVER (PARTITION BY b.day, b.queue_name, b.task_name, b.metric ORDER BY b.bucket) AS reached,
+            sum(b.n) OVER (PARTITION BY b.day, b.queue_name, b.task_name, b.metric) AS total
+           FROM buckets b
+        ), percentiles AS (
+         SELECT running.day,
+            running.queue_name,
+            running.task_name,
+            running.metric,
+            max(running.max_ms) AS max_ms,
+            LEAST(jobq_stats_bucket_ms(min(running.bucket) FILTER (WHERE running.reached >= (0.5 * running.total))), max(running.max_ms)) AS p50_ms,
+            LEAST(jobq_stats_bucket_ms(min(running.bucket) FILTER (WHERE running.reached >= (0.95 * running.total))), max(running.max_ms)) AS p95_ms
+           FROM running
+          GROUP BY running.day, running.queue_name, running.task_name, running.metric
+        ), keys AS (
+         SELECT counts.day,
+            counts.queue_name,
+            counts.task_name
+           FROM counts
+        UNION
+         SELECT percentiles.day,
+            percentiles.queue_name,
+            percentiles.task_name
+           FROM percentiles
+        )
+ SELECT k.day,
+    k.queue_name AS queue,
+    k.task_name AS type,
+    COALESCE(c.submitted, 0::numeric) AS submitted,
+    COALESCE(c.succeeded, 0::numeric) AS succeeded,
+    COALESCE(c.failed, 0::numeric) AS failed,
+    COALESCE(c.cancelled, 0::numeric) AS cancelled,
+    COALESCE(c.retried, 0::numeric) AS retried,
+    round(r.p50_ms::numeric, 1) AS run_p50_ms,
+    round(r.p95_ms::numeric, 1) AS run_p95_ms,
+    round(r.max_ms::numeric, 1) AS run_max_ms,
+    round(w.p50_ms::numeric, 1) AS wait_p50_ms,
+    round(w.p95_ms::numeric, 1) AS wait_p95_ms,
+    round(w.max_ms::numeric, 1) AS wait_max_ms
+   FROM keys k
+     LEFT JOIN counts c USING (day, queue_name, task_name)
+     LEFT JOIN percentiles r ON r.day = k.day AND r.queue_name::text = k.queue_name::text AND r.task_name::text = k.task_name::text AND r.metric::text = 'run'::text
+     LEFT JOIN percentiles w ON w.day = k.day AND w.queue_name::text = k.queue_name::text AND w.task_name::text = k.task_name::text AND w.metric::text = 'wait'::text;
+
+CREATE VIEW report_failures AS
+ SELECT f.day,
+    f.queue_name AS queue,
+    f.task_name AS type,
+    f.error_type,
+    sum(f.attempts) AS failed_attempts,
+    sum(f.jobs) AS failed_jobs,
+    max(f.last_at) AS last_at,
+    (array_agg(m.message ORDER BY f.last_at DESC))[1] AS last_message
+   FROM job_failures_daily f
+     CROSS JOIN LATERAL ( SELECT f.last_message AS message) m
+  GROUP BY f.day, f.queue_name, f.task_name, f.error_type;
+
+CREATE VIEW report_workers AS
+ SELECT s.day,
+    s.worker_name AS worker,
+    s.attempts,
+    s.succeeded,
+    s.failed,
+    s.retried,
+    s.cancelled,
+    s.interrupted,
+    s.lost,
+    round((s.busy_ms / 1000::double precision)::numeric, 3) AS busy_seconds,
+    live.host,
+    live.last_heartbeat,
+    live.host IS NOT NULL AS live
+   FROM worker_stats_daily s
+     LEFT JOIN LATERAL ( SELECT w.host,
+            pw.last_heartbeat
+           FROM workers w
+             JOIN procrastinate_workers pw ON pw.id = w.id
+          WHERE w.name = s.worker_name
+          ORDER BY pw.last_heartbeat DESC
+         LIMIT 1) live ON true;
+
 -- Functions -------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION public.jobq_apply_job_retention(p_after_created timestamp with time zone, p_after_id uuid, p_scan integer, OUT deleted integer, OUT last_created timestamp with time zone, OUT last_id uuid)
+ RETURNS record
+ LANGUAGE plpgsql
+ SET jit TO 'off'
+AS $function$
+-- One step of the jobs' own retention (remove_on_complete / remove_on_fail): the next p_scan
+-- jobs that have one, after (p_after_created, p_after_id) in submission order, are checked and
+-- those due are deleted. Returns how many, and where to go on from (NULL: the end was
+-- reached). A job is due when it ended the way its override names and it ended longer than
+-- max_age_seconds ago, or max_count or more jobs of its queue submitted after it ended the same
+-- way; {"keep": true} never is.
+BEGIN
+    WITH scanned AS MATERIALIZED (
+        SELECT j.id, j.created_at, j.queue_job_id, j.retention
+        FROM jobs AS j
+        WHERE j.retention IS NOT NULL
+          AND (p_after_created IS NULL OR (j.created_at, j.id) > (p_after_created, p_after_id))
+        ORDER BY j.created_at, j.id
+        LIMIT p_scan
+    ), due AS (
+        SELECT pj.id
+        FROM scanned AS s
+        JOIN procrastinate_jobs AS pj ON pj.id = s.queue_job_id
+        CROSS JOIN LATERAL (SELECT s.retention -> pj.status::text AS rule) AS k
+        WHERE pj.status IN ('succeeded', 'failed')
+          AND k.rule IS NOT NULL
+          AND NOT coalesce((k.rule->>'keep')::boolean, false)
+          AND ((k.rule->>'max_age_seconds' IS NOT NULL
+                AND (SELECT max(e.at) FROM job_events AS e WHERE e.job_id = s.id)
+                    < now() - make_interval(secs => (k.rule->>'max_age_seconds')::float8))
+            OR (k.rule->>'max_count' IS NOT NULL
+                AND (SELECT count(*) FROM (
+                        SELECT 1 FROM jobs AS j2
+                        JOIN procrastinate_jobs AS p2 ON p2.id = j2.queue_job_id
+                        WHERE (j2.created_at, j2.id) > (s.created_at, s.id)
+                          AND p2.queue_name = pj.queue_name AND p2.status = pj.status
+                        LIMIT (k.rule->>'max_count')::integer) AS newer)
+                    >= (k.rule->>'max_count')::integer))
+        FOR UPDATE OF pj SKIP LOCKED
+    ), gone AS (
+        DELETE FROM procrastinate_jobs WHERE id IN (SELECT id FROM due) RETURNING id
+    )
+    SELECT (SELECT count(*) FROM gone), s.created_at, s.id
+    INTO deleted, last_created, last_id
+    FROM scanned AS s ORDER BY s.created_at DESC, s.id DESC LIMIT 1;
+    IF last_id IS NULL THEN
+        deleted := 0;
+    END IF;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_apply_retention(p_limit integer)
+ RETURNS integer
+ LANGUAGE plpgsql
+AS $function$
+-- One step of the queues' retention: up to p_limit finished jobs deleted, by each queue's
+-- age and count limits per terminal status, in one transaction; returns how many. The caller
+-- repeats until fewer than p_limit come back (service/retention.py, paced).
+DECLARE
+    r record;
+    v_deleted integer := 0;
+BEGIN
+    FOR r IN
+        SELECT q.name, s.status, s.max_age, s.max_count
+        FROM queues AS q
+        CROSS JOIN LATERAL (VALUES
+            ('succeeded', q.succeeded_max_age_seconds, q.succeeded_max_count),
+            ('failed', q.failed_max_age_seconds, q.failed_max_count),
+            ('cancelled', q.cancelled_max_age_seconds, q.cancelled_max_count))
+            AS s(status, max_age, max_count)
+        WHERE (s.max_age IS NOT NULL OR s.max_count IS NOT NULL)
+          -- none of that status: no walk (the kept counts say so at once)
+          AND (SELECT sum(c.n) FROM queue_counts AS c
+               WHERE c.queue_name = q.name AND c.status = s.status) > 0
+        ORDER BY q.name, s.status
+    LOOP
+        IF r.max_age IS NOT NULL AND v_deleted < p_limit THEN
+            v_deleted := v_deleted + jobq_clean_queue(r.name, r.status, r.max_age,
+                                                      p_limit - v_deleted, true);
+        END IF;
+        IF r.max_count IS NOT NULL AND v_deleted < p_limit THEN
+            v_deleted := v_deleted + jobq_trim_queue(r.name, r.status, r.max_count,
+                                                     p_limit - v_deleted);
+        END IF;
+    END LOOP;
+    RETURN v_deleted;
+END;
+$function$;
 
 CREATE OR REPLACE FUNCTION public.jobq_cancel_job(p_job_id uuid, OUT verdict text, OUT prior_status text)
  RETURNS record
@@ -329,7 +640,20 @@ AS $function$
 #variable_conflict use_column
 DECLARE
     v_ids bigint[];
+    v_limited varchar[];
+    v_started timestamptz := now();
 BEGIN
+    SELECT array_agg(q.name) INTO v_limited FROM queues AS q
+    WHERE (q.rate_limit IS NOT NULL OR q.concurrency_limit IS NOT NULL)
+      AND NOT q.paused
+      AND (p_queues IS NULL OR q.name = ANY (p_queues));
+    IF v_limited IS NOT NULL THEN
+        SELECT l.ids, l.claimed_at INTO v_ids, v_started
+        FROM jobq_claim_limited(p_queues, v_limited, p_limit) AS l;
+        IF cardinality(v_ids) = 0 THEN
+            RETURN;
+        END IF;
+    ELSE
     -- Procrastinate's fetch order and lock rules (priority, then age; a job waits while an
     -- earlier or higher-priority job with its lock is queued or running), paused queues skipped.
     -- The checks are written so that they cannot become joins: evaluated row by row along the
@@ -358,6 +682,7 @@ BEGIN
     IF v_ids IS NULL THEN
         RETURN;
     END IF;
+    END IF;
     -- Each claimed job gets an open attempt: its id is the lease's fencing token. Every step
     -- looks its rows up by the claimed ids.
     RETURN QUERY
@@ -365,20 +690,39 @@ BEGIN
         UPDATE procrastinate_jobs AS pj
         SET status = 'doing', worker_id = p_worker_id
         WHERE pj.id = ANY (v_ids)
-        RETURNING pj.id, pj.task_name, pj.queue_name, pj.attempts, pj.priority
+        RETURNING pj.id, pj.task_name, pj.queue_name, pj.attempts, pj.priority, pj.scheduled_at
     ), owned AS (
-        SELECT j.id, j.queue_job_id, j.payload, j.max_attempts, j.timeout_seconds, j.backoff
+        SELECT j.id, j.queue_job_id, j.payload, j.max_attempts, j.timeout_seconds, j.backoff,
+               j.created_at
         FROM jobs AS j WHERE j.queue_job_id = ANY (v_ids)
     ), opened AS (
-        INSERT INTO job_attempts (job_id, number, worker_id, worker_name)
+        INSERT INTO job_attempts (job_id, number, worker_id, worker_name, started_at)
         SELECT w.id,
                COALESCE((SELECT max(a.number) FROM job_attempts AS a WHERE a.job_id = w.id), 0) + 1,
-               p_worker_id, p_worker_name
+               p_worker_id, p_worker_name, v_started
         FROM owned AS w
         RETURNING id, job_id, number
     ), logged AS (
         INSERT INTO job_events (job_id, event, attempt, worker_name)
         SELECT o.job_id, 'started', o.number, p_worker_name FROM opened AS o
+    ), waited AS (
+        -- Daily aggregate (docs/reporting.md): how long first attempts waited to start, from
+        -- submission or from the time the job was scheduled for.
+        INSERT INTO job_stats_histograms AS h (day, queue_name, task_name, metric, bucket,
+                                               shard, n, max_ms)
+        SELECT jobq_today(), x.queue_name, x.task_name, 'wait', jobq_stats_bucket(x.ms),
+               jobq_shard(), count(*), max(x.ms)
+        FROM (SELECT c.queue_name, c.task_name,
+                     greatest(extract(epoch FROM v_started
+                                      - coalesce(c.scheduled_at, w.created_at)) * 1000, 0) AS ms
+              FROM opened AS o
+              JOIN owned AS w ON w.id = o.job_id
+              JOIN claimed AS c ON c.id = w.queue_job_id
+              WHERE o.number = 1) AS x
+        GROUP BY x.queue_name, x.task_name, jobq_stats_bucket(x.ms)
+        ORDER BY x.queue_name, x.task_name, jobq_stats_bucket(x.ms)
+        ON CONFLICT (day, queue_name, task_name, metric, bucket, shard)
+        DO UPDATE SET n = h.n + excluded.n, max_ms = greatest(h.max_ms, excluded.max_ms)
     )
     SELECT o.id, o.job_id, o.number, c.attempts + 1, c.task_name, c.queue_name,
            w.payload, w.max_attempts, w.timeout_seconds, w.backoff
@@ -387,6 +731,219 @@ BEGIN
     JOIN claimed AS c ON c.id = w.queue_job_id
     ORDER BY c.priority DESC, c.id ASC;
 END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_claim_limited(p_queues character varying[], p_limited character varying[], p_limit integer, OUT ids bigint[], OUT claimed_at timestamp with time zone)
+ RETURNS record
+ LANGUAGE plpgsql
+ SET enable_sort TO 'off'
+ SET jit TO 'off'
+AS $function$
+DECLARE
+    q record;
+    v_allow integer[] := '{}';
+    v_given integer[] := '{}';
+    v_periods float8[] := '{}';
+    v_exhausted varchar[] := '{}';
+    v_held_back boolean;
+    v_free integer;
+    r record;
+    i integer;
+BEGIN
+    PERFORM 1 FROM queues WHERE name = ANY (p_limited) ORDER BY name FOR UPDATE;
+    claimed_at := clock_timestamp();
+    FOR q IN SELECT * FROM queues WHERE name = ANY (p_limited) ORDER BY name LOOP
+        i := array_position(p_limited, q.name);
+        v_allow[i] := p_limit;
+        IF q.concurrency_limit IS NOT NULL THEN
+            v_allow[i] := least(v_allow[i], q.concurrency_limit - (
+                SELECT count(*) FROM procrastinate_jobs AS pj
+                WHERE pj.queue_name = q.name AND pj.status = 'doing'));
+        END IF;
+        IF q.rate_limit IS NOT NULL THEN
+            v_allow[i] := least(v_allow[i], q.rate_limit - coalesce((
+                SELECT sum(s.starts) FROM queue_starts AS s
+                WHERE s.queue_name = q.name
+                  AND s.started_at > claimed_at - make_interval(secs => q.rate_period_seconds)
+                ), 0));
+        END IF;
+        v_given[i] := v_allow[i];
+        v_periods[i] := q.rate_period_seconds;
+        IF v_allow[i] <= 0 THEN
+            v_exhausted := v_exhausted || q.name;
+        END IF;
+    END LOOP;
+
+    ids := '{}';
+    LOOP
+        v_held_back := false;
+        v_free := p_limit - cardinality(ids);
+        FOR r IN
+            SELECT pj.id, pj.queue_name
+            FROM procrastinate_jobs AS pj
+            WHERE pj.status = 'todo'
+              AND (p_queues IS NULL OR pj.queue_name = ANY (p_queues))
+              AND NOT (pj.queue_name = ANY (v_exhausted))
+              AND (pj.scheduled_at IS NULL OR pj.scheduled_at <= now())
+              AND (SELECT true FROM jobs AS j WHERE j.queue_job_id = pj.id)
+              AND NOT coalesce((SELECT q2.paused FROM queues AS q2 WHERE q2.name = pj.queue_name),
+                               false)
+              AND (pj.lock IS NULL OR NOT EXISTS (
+                  SELECT 1 FROM procrastinate_jobs AS other
+                  WHERE other.lock = pj.lock
+                    AND (other.status = 'doing'
+                         OR (other.status = 'todo'
+                             AND (other.priority > pj.priority
+                                  OR (other.priority = pj.priority AND other.id < pj.id))))
+              ))
+            ORDER BY pj.priority DESC, pj.id ASC
+            LIMIT v_free
+            FOR UPDATE OF pj SKIP LOCKED
+        LOOP
+            i := array_position(p_limited, r.queue_name);
+            IF i IS NULL THEN
+                ids := ids || r.id;
+            ELSIF v_allow[i] > 0 THEN
+                ids := ids || r.id;
+                v_allow[i] := v_allow[i] - 1;
+                IF v_allow[i] = 0 THEN
+                    v_exhausted := v_exhausted || r.queue_name;
+                END IF;
+            ELSE
+                v_held_back := true;
+            END IF;
+        END LOOP;
+        -- Each new pass leaves out one more exhausted queue, so there are at most as many
+        -- passes as limited queues, plus one.
+        EXIT WHEN NOT v_held_back OR cardinality(ids) >= p_limit;
+    END LOOP;
+
+    -- The starts of rate-limited queues, and the end of the ones no period counts any more.
+    FOR i IN 1 .. cardinality(p_limited) LOOP
+        CONTINUE WHEN v_periods[i] IS NULL;
+        IF v_given[i] - v_allow[i] > 0 THEN
+            INSERT INTO queue_starts (queue_name, started_at, starts)
+            VALUES (p_limited[i], claimed_at, v_given[i] - v_allow[i]);
+        END IF;
+        DELETE FROM queue_starts AS s
+        WHERE s.queue_name = p_limited[i]
+          AND s.started_at <= claimed_at - make_interval(secs => v_periods[i]);
+    END LOOP;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_clean_queue(p_queue character varying, p_status text, p_older_than_seconds double precision, p_limit integer, p_policy boolean DEFAULT false)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SET enable_sort TO 'off'
+ SET jit TO 'off'
+AS $function$
+-- Delete up to p_limit jobs of queue p_queue that ended p_status (succeeded, failed,
+-- cancelled) more than p_older_than_seconds ago, oldest first, with everything recorded about
+-- them and their files; returns how many. p_policy: the queue's retention is applying this,
+-- so jobs with their own retention for this status are left to it.
+DECLARE
+    v_statuses procrastinate_job_status[] := jobq_finished_statuses(p_status);
+    v_before timestamptz := now() - make_interval(secs => p_older_than_seconds);
+    v_deleted integer;
+BEGIN
+    IF v_statuses IS NULL THEN
+        RAISE 'unknown finished status %', p_status USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    WITH doomed AS (
+        SELECT pj.id
+        FROM jobs AS j
+        JOIN procrastinate_jobs AS pj ON pj.id = j.queue_job_id
+        WHERE j.created_at < v_before
+          AND pj.queue_name = p_queue
+          AND pj.status = ANY (v_statuses)
+          AND NOT (p_policy AND coalesce(j.retention ? p_status, false))
+          AND (SELECT max(e.at) FROM job_events AS e WHERE e.job_id = j.id) < v_before
+        ORDER BY j.created_at, j.id
+        LIMIT p_limit
+        FOR UPDATE OF pj SKIP LOCKED
+    ), gone AS (
+        -- jobs, their attempts, events and file links follow through ON DELETE CASCADE
+        DELETE FROM procrastinate_jobs WHERE id IN (SELECT id FROM doomed) RETURNING id
+    )
+    SELECT count(*) INTO v_deleted FROM gone;
+    RETURN v_deleted;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_count_changes()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+-- Keeps queue_counts and job_stats_daily in the transaction of every statement that inserts,
+-- moves or deletes queue rows, whoever runs it (jobq_* functions, cascades, Procrastinate's
+-- own functions). The daily aggregate first, then the counts, everywhere: one lock order.
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO job_stats_daily AS d (day, queue_name, task_name, shard, submitted)
+        SELECT jobq_today(), r.queue_name, r.task_name, jobq_shard(), count(*)
+        FROM new_rows AS r GROUP BY r.queue_name, r.task_name
+        ORDER BY r.queue_name, r.task_name
+        ON CONFLICT (day, queue_name, task_name, shard)
+        DO UPDATE SET submitted = d.submitted + excluded.submitted;
+        INSERT INTO queue_counts AS c (queue_name, status, shard, n)
+        SELECT r.queue_name, jobq_status_group(r.status), jobq_shard(), count(*)
+        FROM new_rows AS r GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (queue_name, status, shard) DO UPDATE SET n = c.n + excluded.n;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO queue_counts AS c (queue_name, status, shard, n)
+        SELECT r.queue_name, jobq_status_group(r.status), jobq_shard(), -count(*)
+        FROM old_rows AS r GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (queue_name, status, shard) DO UPDATE SET n = c.n + excluded.n;
+    ELSE
+        INSERT INTO job_stats_daily AS d (day, queue_name, task_name, shard, succeeded,
+                                          failed, cancelled, retried)
+        SELECT jobq_today(), m.queue_name, m.task_name, jobq_shard(),
+               count(*) FILTER (WHERE m.status = 'succeeded'),
+               count(*) FILTER (WHERE m.status = 'failed'),
+               count(*) FILTER (WHERE m.status IN ('cancelled', 'aborted')),
+               count(*) FILTER (WHERE m.retried)
+        FROM (
+            SELECT n.queue_name, n.task_name, n.status,
+                   -- back to the queue after a failed attempt, or a client's retry (an
+                   -- interrupted attempt is not counted, so is not a retry)
+                   n.status = 'todo' AND (o.status IN ('failed', 'cancelled', 'aborted')
+                                          OR (o.status = 'doing' AND n.attempts > o.attempts))
+                       AS retried
+            FROM old_rows AS o JOIN new_rows AS n ON n.id = o.id
+            WHERE o.status <> n.status
+        ) AS m
+        WHERE m.status IN ('succeeded', 'failed', 'cancelled', 'aborted') OR m.retried
+        GROUP BY m.queue_name, m.task_name ORDER BY m.queue_name, m.task_name
+        ON CONFLICT (day, queue_name, task_name, shard) DO UPDATE
+        SET succeeded = d.succeeded + excluded.succeeded, failed = d.failed + excluded.failed,
+            cancelled = d.cancelled + excluded.cancelled, retried = d.retried + excluded.retried;
+
+        INSERT INTO queue_counts AS c (queue_name, status, shard, n)
+        SELECT x.queue_name, x.status, jobq_shard(), sum(x.d)
+        FROM old_rows AS o
+        JOIN new_rows AS n ON n.id = o.id
+        CROSS JOIN LATERAL (VALUES (o.queue_name, jobq_status_group(o.status), -1),
+                                   (n.queue_name, jobq_status_group(n.status), 1))
+            AS x(queue_name, status, d)
+        WHERE o.status <> n.status OR o.queue_name <> n.queue_name
+        GROUP BY x.queue_name, x.status HAVING sum(x.d) <> 0
+        ORDER BY x.queue_name, x.status
+        ON CONFLICT (queue_name, status, shard) DO UPDATE SET n = c.n + excluded.n;
+    END IF;
+    RETURN NULL;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_count_jobs(p_queue character varying, p_statuses procrastinate_job_status[])
+ RETURNS bigint
+ LANGUAGE sql
+ STABLE
+AS $function$
+    -- How many jobs of a queue are in these queue statuses, from the kept counts.
+    SELECT coalesce(sum(c.n), 0)::bigint FROM queue_counts AS c
+    WHERE c.queue_name = p_queue
+      AND c.status IN (SELECT jobq_status_group(s) FROM unnest(p_statuses) AS s)
 $function$;
 
 CREATE OR REPLACE FUNCTION public.jobq_delete_job(p_job_id uuid, OUT verdict text, OUT prior_status text)
@@ -447,14 +1004,15 @@ BEGIN
         SELECT * FROM unnest(p_attempt_ids, p_outcomes, p_results, p_errors, p_retry_at)
             AS t(attempt_id, outcome, result, error, retry_at)
     ), fenced AS (
-        SELECT a.id, a.job_id, a.number, a.worker_name
+        SELECT a.id, a.job_id, a.number, a.worker_name, a.started_at
         FROM job_attempts AS a
         WHERE a.id = ANY (p_attempt_ids) AND a.finished_at IS NULL
         ORDER BY a.id
         FOR UPDATE OF a
     ), target AS MATERIALIZED (
         SELECT f.id AS attempt_id, f.job_id, f.number, f.worker_name,
-               pj.id AS queue_job_id, pj.queue_name,
+               pj.id AS queue_job_id, pj.queue_name, pj.task_name,
+               extract(epoch FROM now() - f.started_at) * 1000 AS ran_ms,
                CASE WHEN pj.abort_requested AND (p_lost OR i.outcome IN ('retry', 'interrupted'))
                     THEN 'cancelled' ELSE i.outcome END AS outcome,
                i.result::jsonb AS result, i.error::jsonb AS error, i.retry_at
@@ -511,6 +1069,52 @@ BEGIN
                          CASE WHEN t.outcome = 'retry'
                               THEN 'next attempt at ' || t.retry_at::text END)
         FROM target AS t
+    ), ran AS (
+        -- Daily aggregates (docs/reporting.md): how long the attempts that ran to an end took,
+        -- what each worker did, and the failures by error type.
+        INSERT INTO job_stats_histograms AS h (day, queue_name, task_name, metric, bucket,
+                                               shard, n, max_ms)
+        SELECT jobq_today(), t.queue_name, t.task_name, 'run', jobq_stats_bucket(t.ran_ms),
+               jobq_shard(), count(*), max(t.ran_ms)
+        FROM target AS t
+        WHERE NOT p_lost AND t.outcome IN ('succeeded', 'failed', 'retry')
+        GROUP BY t.queue_name, t.task_name, jobq_stats_bucket(t.ran_ms)
+        ORDER BY t.queue_name, t.task_name, jobq_stats_bucket(t.ran_ms)
+        ON CONFLICT (day, queue_name, task_name, metric, bucket, shard)
+        DO UPDATE SET n = h.n + excluded.n, max_ms = greatest(h.max_ms, excluded.max_ms)
+    ), by_worker AS (
+        INSERT INTO worker_stats_daily AS w (day, worker_name, attempts, succeeded, failed,
+                                             retried, cancelled, interrupted, lost, busy_ms)
+        SELECT jobq_today(), coalesce(t.worker_name, ''), count(*),
+               count(*) FILTER (WHERE NOT p_lost AND t.outcome = 'succeeded'),
+               count(*) FILTER (WHERE NOT p_lost AND t.outcome = 'failed'),
+               count(*) FILTER (WHERE NOT p_lost AND t.outcome = 'retry'),
+               count(*) FILTER (WHERE NOT p_lost AND t.outcome = 'cancelled'),
+               count(*) FILTER (WHERE NOT p_lost AND t.outcome = 'interrupted'),
+               count(*) FILTER (WHERE p_lost),
+               coalesce(sum(t.ran_ms) FILTER (WHERE NOT p_lost), 0)
+        FROM target AS t
+        GROUP BY coalesce(t.worker_name, '') ORDER BY coalesce(t.worker_name, '')
+        ON CONFLICT (day, worker_name) DO UPDATE
+        SET attempts = w.attempts + excluded.attempts, succeeded = w.succeeded + excluded.succeeded,
+            failed = w.failed + excluded.failed, retried = w.retried + excluded.retried,
+            cancelled = w.cancelled + excluded.cancelled,
+            interrupted = w.interrupted + excluded.interrupted, lost = w.lost + excluded.lost,
+            busy_ms = w.busy_ms + excluded.busy_ms
+    ), failures AS (
+        INSERT INTO job_failures_daily AS fd (day, queue_name, task_name, error_type, shard,
+                                              attempts, jobs, last_at, last_message)
+        SELECT jobq_today(), t.queue_name, t.task_name,
+               coalesce(t.error->>'type', 'unknown'), jobq_shard(), count(*),
+               count(*) FILTER (WHERE t.outcome = 'failed'), now(),
+               (array_agg(t.error->>'message' ORDER BY t.attempt_id DESC))[1]
+        FROM target AS t
+        WHERE t.outcome IN ('failed', 'retry') AND t.error IS NOT NULL
+        GROUP BY t.queue_name, t.task_name, coalesce(t.error->>'type', 'unknown')
+        ORDER BY 2, 3, 4
+        ON CONFLICT (day, queue_name, task_name, error_type, shard) DO UPDATE
+        SET attempts = fd.attempts + excluded.attempts, jobs = fd.jobs + excluded.jobs,
+            last_at = excluded.last_at, last_message = excluded.last_message
     )
     SELECT array_agg(t.attempt_id), array_agg(t.outcome),
            array_agg(t.queue_name) FILTER (WHERE t.outcome IN ('retry', 'interrupted')),
@@ -523,6 +1127,19 @@ BEGIN
     END LOOP;
     RETURN QUERY SELECT * FROM unnest(v_applied, v_outcomes);
 END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_finished_statuses(p_status text)
+ RETURNS procrastinate_job_status[]
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    -- The queue statuses behind a public terminal status.
+    SELECT CASE p_status
+        WHEN 'succeeded' THEN ARRAY['succeeded']::procrastinate_job_status[]
+        WHEN 'failed' THEN ARRAY['failed']::procrastinate_job_status[]
+        WHEN 'cancelled' THEN ARRAY['cancelled', 'aborted']::procrastinate_job_status[]
+    END
 $function$;
 
 CREATE OR REPLACE FUNCTION public.jobq_fold_counters()
@@ -556,15 +1173,30 @@ BEGIN
 END;
 $function$;
 
+CREATE OR REPLACE FUNCTION public.jobq_forget_counts()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    -- TRUNCATE of the queue: nothing is left to count.
+    DELETE FROM queue_counts;
+    RETURN NULL;
+END;
+$function$;
+
 CREATE OR REPLACE FUNCTION public.jobq_forget_unused_file()
  RETURNS trigger
  LANGUAGE plpgsql
 AS $function$
 BEGIN
     -- A file goes with the last job that uses it (its chunks and cache entry cascade).
-    DELETE FROM files f
-    WHERE f.id = OLD.file_id
-      AND NOT EXISTS (SELECT 1 FROM job_files jf WHERE jf.file_id = OLD.file_id);
+    PERFORM 1 FROM files AS f
+    WHERE f.id IN (SELECT g.file_id FROM gone_links AS g)
+    ORDER BY f.id
+    FOR UPDATE OF f;
+    DELETE FROM files AS f
+    WHERE f.id IN (SELECT g.file_id FROM gone_links AS g)
+      AND NOT EXISTS (SELECT 1 FROM job_files AS jf WHERE jf.file_id = f.id);
     RETURN NULL;
 END;
 $function$;
@@ -830,7 +1462,111 @@ AS $function$
     ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = now()
 $function$;
 
-CREATE OR REPLACE FUNCTION public.jobq_submit_jobs(p_ids uuid[], p_queues character varying[], p_types character varying[], p_priorities integer[], p_scheduled_at timestamp with time zone[], p_payloads text[], p_max_attempts integer[], p_timeouts double precision[], p_callback_urls text[], p_idempotency_key text, p_fingerprints text[], p_backoffs text[], p_locks text[], p_queueing_locks text[], p_keys text[], p_overview boolean)
+CREATE OR REPLACE FUNCTION public.jobq_set_queue_settings(p_queue character varying, p_settings jsonb)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+-- Change a queue's settings: each key of p_settings present sets its column (a JSON null
+-- removes the limit); absent keys are left as they are. The queue's row is made if missing.
+-- Values are checked by the API (service/domain/policies.py) and by the table's constraints.
+DECLARE
+    v_unknown text[];
+BEGIN
+    SELECT array_agg(k) INTO v_unknown FROM jsonb_object_keys(p_settings) AS k
+    WHERE k NOT IN ('paused', 'rate_limit', 'rate_period_seconds', 'concurrency_limit',
+                    'max_attempts', 'timeout_seconds', 'backoff',
+                    'succeeded_max_age_seconds', 'succeeded_max_count',
+                    'failed_max_age_seconds', 'failed_max_count',
+                    'cancelled_max_age_seconds', 'cancelled_max_count');
+    IF v_unknown IS NOT NULL THEN
+        RAISE 'unknown queue settings: %', v_unknown USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO queues (name) VALUES (p_queue) ON CONFLICT (name) DO NOTHING;
+    UPDATE queues AS q SET
+        paused = CASE WHEN p_settings ? 'paused'
+                      THEN (p_settings->>'paused')::boolean ELSE q.paused END,
+        rate_limit = CASE WHEN p_settings ? 'rate_limit'
+                          THEN (p_settings->>'rate_limit')::integer ELSE q.rate_limit END,
+        rate_period_seconds = CASE WHEN p_settings ? 'rate_period_seconds'
+                                   THEN (p_settings->>'rate_period_seconds')::float8
+                                   ELSE q.rate_period_seconds END,
+        concurrency_limit = CASE WHEN p_settings ? 'concurrency_limit'
+                                 THEN (p_settings->>'concurrency_limit')::integer
+                                 ELSE q.concurrency_limit END,
+        max_attempts = CASE WHEN p_settings ? 'max_attempts'
+                            THEN (p_settings->>'max_attempts')::integer ELSE q.max_attempts END,
+        timeout_seconds = CASE WHEN p_settings ? 'timeout_seconds'
+                               THEN (p_settings->>'timeout_seconds')::float8
+                               ELSE q.timeout_seconds END,
+        backoff = CASE WHEN p_settings ? 'backoff'
+                       THEN nullif(p_settings->'backoff', 'null') ELSE q.backoff END,
+        succeeded_max_age_seconds = CASE WHEN p_settings ? 'succeeded_max_age_seconds'
+            THEN (p_settings->>'succeeded_max_age_seconds')::float8
+            ELSE q.succeeded_max_age_seconds END,
+        succeeded_max_count = CASE WHEN p_settings ? 'succeeded_max_count'
+            THEN (p_settings->>'succeeded_max_count')::integer ELSE q.succeeded_max_count END,
+        failed_max_age_seconds = CASE WHEN p_settings ? 'failed_max_age_seconds'
+            THEN (p_settings->>'failed_max_age_seconds')::float8
+            ELSE q.failed_max_age_seconds END,
+        failed_max_count = CASE WHEN p_settings ? 'failed_max_count'
+            THEN (p_settings->>'failed_max_count')::integer ELSE q.failed_max_count END,
+        cancelled_max_age_seconds = CASE WHEN p_settings ? 'cancelled_max_age_seconds'
+            THEN (p_settings->>'cancelled_max_age_seconds')::float8
+            ELSE q.cancelled_max_age_seconds END,
+        cancelled_max_count = CASE WHEN p_settings ? 'cancelled_max_count'
+            THEN (p_settings->>'cancelled_max_count')::integer ELSE q.cancelled_max_count END,
+        updated_at = now()
+    WHERE q.name = p_queue;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_shard()
+ RETURNS smallint
+ LANGUAGE sql
+ STABLE
+AS $function$
+    -- The shard of the counting rows this session adds to.
+    SELECT (pg_backend_pid() % 16)::smallint
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_stats_bucket(p_ms double precision)
+ RETURNS smallint
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    -- Histogram bucket of a duration: 0 below 1 ms, then four buckets per doubling (bucket b
+    -- holds [2^((b-1)/4), 2^(b/4)) ms), so a percentile read from it is within 19 %.
+    SELECT CASE WHEN p_ms < 1 THEN 0
+                ELSE least(1 + floor(4 * log(2, p_ms::numeric)), 32000)::smallint END
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_stats_bucket_ms(p_bucket smallint)
+ RETURNS double precision
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    -- The value a bucket stands for in a percentile: its geometric middle (0.5 ms for 0).
+    SELECT CASE WHEN p_bucket = 0 THEN 0.5 ELSE power(2, (p_bucket - 0.5) / 4.0) END
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_status_group(p_status procrastinate_job_status)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    -- The counted group of a queue status (job_overview's public status; queued and
+    -- scheduled together as 'waiting', told apart when read).
+    SELECT CASE p_status
+        WHEN 'todo' THEN 'waiting'
+        WHEN 'doing' THEN 'running'
+        WHEN 'aborting' THEN 'running'
+        WHEN 'succeeded' THEN 'succeeded'
+        WHEN 'failed' THEN 'failed'
+        ELSE 'cancelled'
+    END
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_submit_jobs(p_ids uuid[], p_queues character varying[], p_types character varying[], p_priorities integer[], p_scheduled_at timestamp with time zone[], p_payloads text[], p_max_attempts integer[], p_timeouts double precision[], p_callback_urls text[], p_idempotency_key text, p_fingerprints text[], p_backoffs text[], p_locks text[], p_queueing_locks text[], p_keys text[], p_overview boolean, p_attempts_defaulted boolean[] DEFAULT NULL::boolean[], p_timeout_defaulted boolean[] DEFAULT NULL::boolean[], p_retention text[] DEFAULT NULL::text[])
  RETURNS SETOF job_overview
  LANGUAGE plpgsql
  SET jit TO 'off'
@@ -838,6 +1574,12 @@ AS $function$
 DECLARE
     v_queue_ids bigint[];
 BEGIN
+    -- Every queue with jobs has a row: its settings, the default policy until changed.
+    INSERT INTO queues (name)
+    SELECT DISTINCT u.queue FROM unnest(p_queues) AS u(queue)
+    WHERE NOT EXISTS (SELECT 1 FROM queues AS q WHERE q.name = u.queue)
+    ON CONFLICT (name) DO NOTHING;
+
     -- Procrastinate's own defer: its lock and queueing-lock rules, its NOTIFY at commit. The
     -- payload is kept once, in jobs.payload.
     v_queue_ids := procrastinate_defer_jobs_v1(ARRAY(
@@ -849,13 +1591,22 @@ BEGIN
 
     WITH inserted AS (
         INSERT INTO jobs (id, queue_job_id, payload, max_attempts, timeout_seconds,
-                          callback_url, idempotency_key, request_fingerprint, backoff, key)
-        SELECT u.id, u.queue_job_id, u.payload::jsonb, u.max_attempts, u.timeout_seconds,
-               u.callback_url, p_idempotency_key, u.fingerprint, u.backoff::jsonb, u.key
+                          callback_url, idempotency_key, request_fingerprint, backoff,
+                          retention, key)
+        SELECT u.id, u.queue_job_id, u.payload::jsonb,
+               CASE WHEN u.attempts_defaulted THEN coalesce(q.max_attempts, u.max_attempts)
+                    ELSE u.max_attempts END,
+               CASE WHEN u.timeout_defaulted THEN coalesce(q.timeout_seconds, u.timeout_seconds)
+                    ELSE u.timeout_seconds END,
+               u.callback_url, p_idempotency_key, u.fingerprint,
+               coalesce(u.backoff::jsonb, q.backoff), u.retention::jsonb, u.key
         FROM unnest(p_ids, v_queue_ids, p_payloads, p_max_attempts, p_timeouts,
-                    p_callback_urls, p_fingerprints, p_backoffs, p_keys)
+                    p_callback_urls, p_fingerprints, p_backoffs, p_queues,
+                    p_attempts_defaulted, p_timeout_defaulted, p_retention, p_keys)
             AS u(id, queue_job_id, payload, max_attempts, timeout_seconds, callback_url,
-                 fingerprint, backoff, key)
+                 fingerprint, backoff, queue, attempts_defaulted, timeout_defaulted, retention,
+                 key)
+        LEFT JOIN queues AS q ON q.name = u.queue
         RETURNING id
     )
     INSERT INTO job_events (job_id, event) SELECT id, 'submitted' FROM inserted;
@@ -863,6 +1614,51 @@ BEGIN
     IF p_overview THEN
         RETURN QUERY SELECT * FROM job_overview WHERE id = ANY (p_ids);
     END IF;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_today()
+ RETURNS date
+ LANGUAGE sql
+ STABLE
+AS $function$
+    -- The day of the daily aggregates: the transaction's, in UTC.
+    SELECT (now() AT TIME ZONE 'UTC')::date
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_trim_queue(p_queue character varying, p_status text, p_keep bigint, p_limit integer)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SET enable_sort TO 'off'
+ SET jit TO 'off'
+AS $function$
+-- The count side of a queue's retention: delete the oldest jobs of queue p_queue that ended
+-- p_status, beyond the newest p_keep (by submission), up to p_limit of them; jobs with their
+-- own retention for this status are left to it. Returns how many.
+DECLARE
+    v_statuses procrastinate_job_status[] := jobq_finished_statuses(p_status);
+    v_excess bigint;
+    v_deleted integer;
+BEGIN
+    v_excess := jobq_count_jobs(p_queue, v_statuses) - p_keep;
+    IF v_excess <= 0 THEN
+        RETURN 0;
+    END IF;
+    WITH doomed AS (
+        SELECT pj.id
+        FROM jobs AS j
+        JOIN procrastinate_jobs AS pj ON pj.id = j.queue_job_id
+        WHERE pj.queue_name = p_queue
+          AND pj.status = ANY (v_statuses)
+          AND NOT coalesce(j.retention ? p_status, false)
+        ORDER BY j.created_at, j.id
+        LIMIT least(v_excess, p_limit)
+        FOR UPDATE OF pj SKIP LOCKED
+    ), gone AS (
+        DELETE FROM procrastinate_jobs WHERE id IN (SELECT id FROM doomed) RETURNING id
+    )
+    SELECT count(*) INTO v_deleted FROM gone;
+    RETURN v_deleted;
 END;
 $function$;
 
@@ -1297,7 +2093,15 @@ $function$;
 
 CREATE TRIGGER jobq_job_events_inserted AFTER INSERT ON job_events REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT EXECUTE FUNCTION jobq_job_events_inserted();
 
-CREATE TRIGGER job_files_forget_unused AFTER DELETE ON job_files FOR EACH ROW EXECUTE FUNCTION jobq_forget_unused_file();
+CREATE TRIGGER job_files_forget_unused AFTER DELETE ON job_files REFERENCING OLD TABLE AS gone_links FOR EACH STATEMENT EXECUTE FUNCTION jobq_forget_unused_file();
+
+CREATE TRIGGER jobq_count_deleted AFTER DELETE ON procrastinate_jobs REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION jobq_count_changes();
+
+CREATE TRIGGER jobq_count_inserted AFTER INSERT ON procrastinate_jobs REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION jobq_count_changes();
+
+CREATE TRIGGER jobq_count_truncated AFTER TRUNCATE ON procrastinate_jobs FOR EACH STATEMENT EXECUTE FUNCTION jobq_forget_counts();
+
+CREATE TRIGGER jobq_count_updated AFTER UPDATE ON procrastinate_jobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION jobq_count_changes();
 
 CREATE TRIGGER procrastinate_jobs_notify_queue_job_aborted_v1 AFTER UPDATE OF abort_requested ON procrastinate_jobs FOR EACH ROW WHEN (old.abort_requested = false AND new.abort_requested = true AND new.status = 'doing'::procrastinate_job_status) EXECUTE FUNCTION procrastinate_notify_queue_abort_job_v1();
 

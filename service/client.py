@@ -127,6 +127,27 @@ class Client:
     def queues(self) -> list[dict[str, Any]]:
         return self._json("GET", f"{API}/queues")["items"]
 
+    def queue(self, name: str) -> dict[str, Any]:
+        return self._json("GET", f"{API}/queues/{name}")
+
+    def set_queue(self, name: str, settings: dict[str, Any]) -> dict[str, Any]:
+        return self._json("PATCH", f"{API}/queues/{name}", json=settings)
+
+    def clean(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", f"{API}/queues/{name}/clean", json=body)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return self._json("GET", f"{API}/schedules")["items"]
+
+    def schedule(self, name: str) -> dict[str, Any]:
+        return self._json("GET", f"{API}/schedules/{name}")
+
+    def put_schedule(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._json("PUT", f"{API}/schedules/{name}", json=body)
+
+    def delete_schedule(self, name: str) -> None:
+        self._request("DELETE", f"{API}/schedules/{name}")
+
     def pause(self, queue: str, paused: bool) -> dict[str, Any]:
         action = "pause" if paused else "resume"
         return self._json("POST", f"{API}/queues/{queue}/{action}")

@@ -1,4 +1,4 @@
-"""The people's commands of `jobq`: submit, convert, jobs, queues, workers.
+"""The people's commands of `jobq`: submit, convert, jobs, queues, schedules, workers.
 
 They go through the REST API only (`--url`, else `JOBQ_URL`, else http://127.0.0.1:8000).
 Output is a table for people and JSON with `--json` for scripts; an error prints the API's
@@ -294,21 +294,56 @@ def list_queues(http: api.Client, as_json: bool) -> None:
 @click.argument("name")
 @client_command
 def show_queue(http: api.Client, as_json: bool, name: str) -> None:
-    """One queue's counts and ages."""
-    found = [q for q in http.queues() if q["name"] == name]
-    if not found:
-        raise api.ApiError(404, f"There is no queue named {name!r}.")
-    queue = found[0]
+    """One queue's settings, counts and ages."""
+    _show_mapping(http.queue(name), as_json)
+
+
+@queues.command("set")
+@click.argument("name")
+@click.argument("settings")
+@client_command
+def set_queue(http: api.Client, as_json: bool, name: str, settings: str) -> None:
+    """Change NAME's settings, given as a JSON object (the body of PATCH /api/v1/queues/NAME),
+    e.g. '{"concurrency_limit": 2, "rate_limit": {"max_starts": 10, "per_seconds": 1}}'."""
+    _show_mapping(http.set_queue(name, _json_argument(settings, "SETTINGS")), as_json)
+
+
+@queues.command("clean")
+@click.argument("name")
+@click.option("--status", required=True,
+              type=click.Choice(["succeeded", "failed", "cancelled"]),
+              help="which finished jobs to delete")
+@click.option("--older-than", "older_than_seconds", type=float, default=0, show_default=True,
+              help="only jobs finished more than this many seconds ago")
+@click.option("--limit", type=int, help="delete at most this many")
+@client_command
+def clean_queue(http: api.Client, as_json: bool, name: str, **body: Any) -> None:
+    """Delete finished jobs of one status from NAME, oldest first."""
+    done = http.clean(name, {k: v for k, v in body.items() if v is not None})
     if as_json:
-        _print_json(queue)
+        _print_json(done)
+    else:
+        out.print(f"queue {name}: deleted {done['deleted']} job(s)")
+
+
+def _json_argument(raw: str, name: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=name) from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint=name)
+    return value
+
+
+def _show_mapping(value: dict[str, Any], as_json: bool) -> None:
+    """A JSON object as key/value lines (nested objects as JSON), or as JSON."""
+    if as_json:
+        _print_json(value)
         return
     table = Table(show_header=False, box=None)
-    table.add_row("queue", queue["name"])
-    table.add_row("paused", "yes" if queue["paused"] else "no")
-    for status, count in queue["counts"].items():
-        table.add_row(status, str(count))
-    table.add_row("oldest queued (s)", _age(queue["oldest_queued_age_seconds"]))
-    table.add_row("oldest running (s)", _age(queue["oldest_running_age_seconds"]))
+    for key, item in value.items():
+        table.add_row(key, json.dumps(item) if isinstance(item, dict | list) else str(item))
     out.print(table)
 
 
@@ -358,5 +393,63 @@ def workers(http: api.Client, as_json: bool) -> None:
     out.print(table)
 
 
-COMMANDS: list[click.Command] = [submit, convert, jobs, queues, workers]
+@click.group(invoke_without_command=True)
+@click.option("--url", envvar="JOBQ_URL", default=api.DEFAULT_URL, show_default=True,
+              help="the jobq API (env JOBQ_URL)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@click.pass_context
+def schedules(context: click.Context, url: str, as_json: bool) -> None:
+    """Recurring jobs (`jobq schedules` alone lists them)."""
+    if context.invoked_subcommand is None:
+        context.invoke(list_schedules, url=url, as_json=as_json)
+
+
+@schedules.command("list")
+@client_command
+def list_schedules(http: api.Client, as_json: bool) -> None:
+    """Every schedule with its last and next tick."""
+    items = http.schedules()
+    if as_json:
+        _print_json(items)
+        return
+    table = _table("name", "every", "time zone", "job type", "paused", "next tick")
+    for item in items:
+        every = item.get("cron") or f"{item.get('interval_seconds')} s"
+        table.add_row(item["name"], str(every), item.get("timezone") or "",
+                      (item.get("job") or {}).get("type", ""),
+                      "yes" if item.get("paused") else "no", str(item.get("next_tick_at") or ""))
+    out.print(table)
+
+
+@schedules.command("show")
+@click.argument("name")
+@client_command
+def show_schedule(http: api.Client, as_json: bool, name: str) -> None:
+    """One schedule."""
+    _show_mapping(http.schedule(name), as_json)
+
+
+@schedules.command("set")
+@click.argument("name")
+@click.argument("spec")
+@client_command
+def set_schedule(http: api.Client, as_json: bool, name: str, spec: str) -> None:
+    """Create or replace schedule NAME from SPEC, a JSON object (the body of PUT
+    /api/v1/schedules/NAME), e.g. '{"cron": "0 3 * * *", "job": {"type": "system.noop"}}'."""
+    _show_mapping(http.put_schedule(name, _json_argument(spec, "SPEC")), as_json)
+
+
+@schedules.command("delete")
+@click.argument("name")
+@client_command
+def delete_schedule(http: api.Client, as_json: bool, name: str) -> None:
+    """Delete schedule NAME (jobs it made stay)."""
+    http.delete_schedule(name)
+    if as_json:
+        _print_json({"name": name, "deleted": True})
+    else:
+        out.print(f"deleted schedule {name}")
+
+
+COMMANDS: list[click.Command] = [submit, convert, jobs, queues, schedules, workers]
 """The commands `jobq` adds for people (service/cli.py)."""

@@ -1,5 +1,5 @@
-"""Maintenance operations: recovering the jobs of dead workers (and, as policies arrive, the
-retention cleanup). Workers schedule them (workers/scheduler.py), one worker at a time through
+"""Maintenance operations: recovering the jobs of dead workers, applying the queues'
+retention. Workers schedule them (workers/scheduler.py), one worker at a time through
 `exclusively`; the API runs recovery on request. Each is safe to run twice and logs what it did.
 """
 
@@ -10,14 +10,14 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-from service import attempts
+from service import attempts, retention
 from service.backend import Backend
 from service.domain import outcome
 
 logger = logging.getLogger(__name__)
 
 LOCK_SPACE = 0x6A6F6271  # "jobq": the first key of our advisory locks, the second names the task
-OPERATIONS = {"recover_stalled": 1, "purge_finished": 2}
+OPERATIONS = {"recover_stalled": 1, "purge_finished": 2, "apply_retention": 3}
 """Maintenance operations and their advisory lock numbers (never reuse a number)."""
 
 _COUNTED = {"retry": "requeued", "failed": "failed", "cancelled": "cancelled"}
@@ -43,6 +43,16 @@ async def recover_stalled(backend: Backend, stall_seconds: float,
         logger.warning("recovered %d job(s) of dead workers: %s", len(recorded),
                        ", ".join(f"{by_attempt[a]} {kind}" for a, kind in recorded.items()))
     return counts
+
+
+async def apply_retention(backend: Backend) -> dict[str, int]:
+    """Delete the finished jobs each queue's retention policy, or the job's own, no longer
+    keeps, in small paced batches (service/retention.py). Returns how many each deleted."""
+    deleted = await retention.apply_retention(backend)
+    if any(deleted.values()):
+        logger.info("retention deleted %d job(s) by their queue's policy, %d by their own",
+                    deleted["queues"], deleted["jobs"])
+    return deleted
 
 
 def _decide(row, now: datetime) -> outcome.Decision:

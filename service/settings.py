@@ -141,6 +141,10 @@ class Settings:
     poll_interval: Annotated[timedelta, Var(
         "JOBQ_POLL_SECONDS", "idle workers look for due jobs this often, besides NOTIFY",
         _seconds)] = timedelta(seconds=1)
+    retention_interval: Annotated[timedelta, Var(
+        "JOBQ_RETENTION_INTERVAL_SECONDS",
+        "workers apply the queues' retention (docs/queues.md) about this often, one at a time",
+        _seconds)] = timedelta(seconds=60)
     progress_interval: Annotated[timedelta, Var(
         "JOBQ_PROGRESS_INTERVAL_SECONDS",
         "progress writes of one job are coalesced to one per interval",

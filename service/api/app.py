@@ -16,6 +16,7 @@ from service.api import errors as api_errors
 from service.api import events as event_routes
 from service.api import jobs as job_routes
 from service.api import metrics as metric_routes
+from service.api import schedules as schedule_routes
 from service.api import webhooks as webhook_routes
 from service.backend import Backend
 from service.settings import Settings
@@ -44,6 +45,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
             job_routes.JobsController,
             job_routes.list_job_types,
             ops.QueuesController,
+            schedule_routes.SchedulesController,
             ops.list_workers,
             ops.recover_stalled,
             ops.health,

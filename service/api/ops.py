@@ -5,19 +5,32 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from litestar import Controller, Response, get, post
+import msgspec
+from litestar import Controller, Response, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
-from service import errors, maintenance, queues
+from service import errors, maintenance, queues, retention
 from service.api import errors as api_errors
 from service.api import schemas
 from service.backend import Backend
 from service.db import migrate
+from service.domain import policies
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+class CleanRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """`POST /api/v1/queues/{name}/clean`: which finished jobs to delete."""
+
+    status: str
+    """succeeded, failed or cancelled"""
+    older_than_seconds: float = 0
+    """Only jobs that finished longer ago than this."""
+    limit: int = 10_000
+    """At most this many (up to 1,000,000); call again while `deleted` equals it."""
 
 
 class QueuesController(Controller):
@@ -27,6 +40,26 @@ class QueuesController(Controller):
     @get("/", summary="Per-queue counts, ages and pause state")
     async def list_queues(self, backend: NamedDependency[Backend]) -> dict[str, Any]:
         return {"items": await queues.queue_stats(backend)}
+
+    @get("/{name:str}", summary="A queue's settings, counts and ages")
+    async def get_queue(self, backend: NamedDependency[Backend], name: FromPath[str]) -> dict:
+        return await queues.get_queue(backend, name)
+
+    @patch("/{name:str}", summary="Change a queue's settings (absent: unchanged, null: no limit)",
+           dto=schemas.StrictJSON[policies.QueuePatch], return_dto=None)
+    async def update_queue(self, backend: NamedDependency[Backend], name: FromPath[str],
+                           data: JSONBody[policies.QueuePatch]) -> dict:
+        return await queues.update_queue(backend, name, data)
+
+    @post("/{name:str}/clean", status_code=HTTP_200_OK,
+          summary="Delete finished jobs of one status older than a given age, oldest first",
+          dto=schemas.StrictJSON[CleanRequest], return_dto=None)
+    async def clean(self, backend: NamedDependency[Backend], name: FromPath[str],
+                    data: JSONBody[CleanRequest]) -> dict[str, int]:
+        queues.check_name(name)
+        deleted = await retention.clean(backend, name, data.status, data.older_than_seconds,
+                                        data.limit)
+        return {"deleted": deleted}
 
     @post("/{name:str}/pause", status_code=HTTP_200_OK, summary="Stop workers starting jobs")
     async def pause(self, backend: NamedDependency[Backend], name: FromPath[str]) -> dict:

@@ -7,7 +7,7 @@ A job's status lives in one place only, `procrastinate_jobs.status` (with `sched
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     Double,
     ForeignKey,
@@ -78,6 +79,9 @@ class Job(Base):
     backoff: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     """Per-job backoff {kind, base_seconds, cap_seconds, jitter, delays}, the fields given;
     null: the job type's policy."""
+    retention: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    """The job's own retention, overriding its queue's: {"succeeded": {...}, "failed": {...}}
+    from remove_on_complete / remove_on_fail (docs/queues.md); null: the queue's."""
     callback_url: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     key: Mapped[str | None] = mapped_column(String(255), unique=True)
@@ -97,6 +101,9 @@ class Job(Base):
         CheckConstraint("progress BETWEEN 0 AND 100", name="progress_percent"),
         CheckConstraint("max_attempts >= 1", name="max_attempts_positive"),
         Index(None, "created_at", "id"),  # newest-first listing and its cursor
+        # The jobs with their own retention, oldest first (jobq_apply_job_retention).
+        Index("ix_jobs_retention_created_at", "created_at", "id",
+              postgresql_where=text("retention IS NOT NULL")),
     )
 
 
@@ -147,13 +154,184 @@ class JobEvent(Base):
 
 
 class Queue(Base):
-    """Per-queue settings that every worker obeys."""
+    """Per-queue settings that every worker obeys (docs/queues.md). Every queue with jobs has a
+    row; its column defaults are the default policy. Null limits mean "no limit"."""
 
     __tablename__ = "queues"
 
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     paused: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    rate_limit: Mapped[int | None] = mapped_column(Integer)
+    """At most this many job starts per rate_period_seconds, across all workers."""
+    rate_period_seconds: Mapped[float | None] = mapped_column(Double)
+    concurrency_limit: Mapped[int | None] = mapped_column(Integer)
+    """At most this many jobs of the queue running at once, across all workers."""
+    max_attempts: Mapped[int | None] = mapped_column(Integer)
+    """Attempts of a job whose request gives none (null: the job type's)."""
+    timeout_seconds: Mapped[float | None] = mapped_column(Double)
+    """Timeout of a job whose request gives none (null: the job type's)."""
+    backoff: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    """Backoff of a job whose request gives none (null: the job type's)."""
+    succeeded_max_age_seconds: Mapped[float | None] = mapped_column(
+        Double, server_default=text("86400"))
+    """Succeeded jobs are deleted this long after they finished (default a day)."""
+    succeeded_max_count: Mapped[int | None] = mapped_column(Integer, server_default=text("1000"))
+    """At most this many succeeded jobs are kept, the newest (default 1,000)."""
+    failed_max_age_seconds: Mapped[float | None] = mapped_column(
+        Double, server_default=text("604800"))
+    """Failed jobs are deleted this long after they finished (default 7 days)."""
+    failed_max_count: Mapped[int | None] = mapped_column(Integer)
+    cancelled_max_age_seconds: Mapped[float | None] = mapped_column(
+        Double, server_default=text("86400"))
+    """Cancelled jobs are deleted this long after they finished (default a day)."""
+    cancelled_max_count: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        CheckConstraint(
+            "(rate_limit IS NULL) = (rate_period_seconds IS NULL) "
+            "AND (rate_limit IS NULL OR rate_limit >= 1) "
+            "AND (rate_period_seconds IS NULL OR rate_period_seconds > 0)",
+            name="rate_limit_whole"),
+        CheckConstraint("concurrency_limit >= 1", name="concurrency_limit_positive"),
+        CheckConstraint("max_attempts BETWEEN 1 AND 100", name="max_attempts_range"),
+        CheckConstraint("timeout_seconds > 0", name="timeout_positive"),
+        CheckConstraint(
+            "succeeded_max_age_seconds >= 0 AND succeeded_max_count >= 0 "
+            "AND failed_max_age_seconds >= 0 AND failed_max_count >= 0 "
+            "AND cancelled_max_age_seconds >= 0 AND cancelled_max_count >= 0",
+            name="retention_not_negative"),
+    )
+
+
+class QueueStart(Base):
+    """Starts of a rate-limited queue, one row per claim, kept for one rate period: what the
+    claim counts against the queue's rate limit (jobq_claim_limited)."""
+
+    __tablename__ = "queue_starts"
+
+    queue_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    starts: Mapped[int] = mapped_column(Integer)
+
+
+class Schedule(Base):
+    """A recurring job (docs/queues.md): every tick of `cron` in `timezone`, or every
+    `interval_seconds` from `anchor_at`, one job made from the `job` template."""
+
+    __tablename__ = "schedules"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    cron: Mapped[str | None] = mapped_column(Text)
+    interval_seconds: Mapped[float | None] = mapped_column(Double)
+    timezone: Mapped[str] = mapped_column(Text, server_default=text("'UTC'"))
+    job: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    """The job request each tick submits (service/domain/requests.JobRequest)."""
+    paused: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    origin: Mapped[str] = mapped_column(String(8), server_default=text("'api'"))
+    """`api` (made over REST) or `code` (declared in code, synced by workers)."""
+    anchor_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    """Since when the schedule ticks as it does now: no tick before it makes a job."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("(cron IS NULL) <> (interval_seconds IS NULL)", name="cron_or_interval"),
+        CheckConstraint("origin IN ('api', 'code')", name="origin_known"),
+    )
+
+
+class ScheduleTick(Base):
+    """A tick of a schedule that made its job; the key makes it one job per tick."""
+
+    __tablename__ = "schedule_ticks"
+
+    schedule_name: Mapped[str] = mapped_column(
+        String(128), ForeignKey("schedules.name", ondelete="CASCADE"), primary_key=True)
+    tick_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    """The job it made (left as it is when retention deletes the job)."""
+    made_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class QueueCount(Base):
+    """How many jobs a queue has in a status group (waiting, running, succeeded, failed,
+    cancelled), in shards summed on read; kept by triggers on procrastinate_jobs in the
+    transaction of every change (docs/queues.md)."""
+
+    __tablename__ = "queue_counts"
+
+    queue_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+class JobStatsDaily(Base):
+    """Jobs submitted, succeeded, failed, cancelled and retried per day (UTC), queue and
+    type: what the reports read (docs/reporting.md). Retention never deletes it."""
+
+    __tablename__ = "job_stats_daily"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    queue_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    submitted: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    succeeded: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    failed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cancelled: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    retried: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+class JobStatsHistogram(Base):
+    """Run times (`run`) and first waits (`wait`) per day, queue and type, as histogram
+    buckets (jobq_stats_bucket), for percentiles; with the largest value of each bucket."""
+
+    __tablename__ = "job_stats_histograms"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    queue_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(8), primary_key=True)
+    bucket: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+    max_ms: Mapped[float] = mapped_column(Double)
+
+
+class JobFailuresDaily(Base):
+    """Failed attempts and failed jobs per day, queue, type and error type, with the latest
+    message."""
+
+    __tablename__ = "job_failures_daily"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    queue_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    error_type: Mapped[str] = mapped_column(Text, primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    attempts: Mapped[int] = mapped_column(BigInteger)
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    last_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_message: Mapped[str | None] = mapped_column(Text)
+
+
+class WorkerStatsDaily(Base):
+    """What each worker did per day: attempts by outcome and time busy."""
+
+    __tablename__ = "worker_stats_daily"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    worker_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    attempts: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    succeeded: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    failed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    retried: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cancelled: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    interrupted: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    lost: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    busy_ms: Mapped[float] = mapped_column(Double, server_default=text("0"))
 
 
 class Worker(Base):

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from service import errors
-from service.domain import jobtypes, limits, retry
+from service.domain import jobtypes, limits, policies, retry
 
 MAX_BATCH = 1000
 # A queue's NOTIFY channel must fit in 63 bytes (service.domain.limits).
@@ -61,6 +61,10 @@ class JobRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     key: str | None = None
     """The client's own id for the job (BullMQ's jobId): while a job with this key exists,
     submitting it again returns that job instead of creating another."""
+    remove_on_complete: policies.RemoveOption | None = None
+    """Overrides the queue's retention of this job once it succeeded (BullMQ's option)."""
+    remove_on_fail: policies.RemoveOption | None = None
+    """Overrides the queue's retention of this job once it failed (BullMQ's option)."""
 
 
 class JobBatch(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -79,6 +83,12 @@ class Planned:
     scheduled_at: datetime | None
     fingerprint: str
     """What an Idempotency-Key replay must match."""
+    attempts_defaulted: bool = False
+    """max_attempts came from the job type: the queue's setting, if any, applies instead."""
+    timeout_defaulted: bool = False
+    """timeout_seconds came from the job type: the queue's setting, if any, applies instead."""
+    retention: dict[str, Any] | None = None
+    """The job's own retention, {status: keep}, as `jobs.retention` stores it."""
 
 
 def decode(body: bytes, type: type[JobRequest] | type[JobBatch] = JobRequest):
@@ -116,6 +126,13 @@ def plan(request: JobRequest, prefix: str = "", with_files: bool = False) -> Pla
         timeout_seconds=(job_type.timeout.total_seconds() if request.timeout_seconds is None
                          else request.timeout_seconds))
     problems = _problems(resolved, prefix)
+    retention = {
+        status: keep for status, keep in (
+            ("succeeded", policies.job_retention(
+                prefix + "remove_on_complete", request.remove_on_complete, problems)),
+            ("failed", policies.job_retention(
+                prefix + "remove_on_fail", request.remove_on_fail, problems)))
+        if keep is not None}
     if problems:
         raise errors.InvalidRequest(
             "; ".join(f"{p.field}: {p.message}" for p in problems), problems)
@@ -123,7 +140,10 @@ def plan(request: JobRequest, prefix: str = "", with_files: bool = False) -> Pla
     if request.delay_seconds:
         scheduled_at = datetime.now(UTC) + timedelta(seconds=request.delay_seconds)
     return Planned(id=uuid.uuid4(), request=resolved, scheduled_at=scheduled_at,
-                   fingerprint=_fingerprint(resolved))
+                   fingerprint=_fingerprint(resolved),
+                   attempts_defaulted=request.max_attempts is None,
+                   timeout_defaulted=request.timeout_seconds is None,
+                   retention=retention or None)
 
 
 def _problems(r: JobRequest, prefix: str) -> list[errors.FieldError]:
@@ -211,4 +231,7 @@ def _fingerprint(r: JobRequest) -> str:
         fields += [r.lock, r.queueing_lock]
     if r.key is not None:
         fields += [r.key]
+    if r.remove_on_complete is not None or r.remove_on_fail is not None:
+        fields += [msgspec.to_builtins(r.remove_on_complete),
+                   msgspec.to_builtins(r.remove_on_fail)]
     return hashlib.sha256(msgspec.json.encode(fields, order="sorted")).hexdigest()

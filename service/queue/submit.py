@@ -12,7 +12,8 @@ from service.db import engine as db_engine
 from service.domain.requests import Planned
 
 _SUBMIT = ("SELECT * FROM jobq_submit_jobs("
-           "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)")
+           "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, "
+           "$19)")
 
 QUEUEING_LOCK_CONSTRAINT = manager.QUEUEING_LOCK_CONSTRAINT
 """The unique index a second queued job with the same `queueing_lock` runs into."""
@@ -42,6 +43,9 @@ async def write(conn: asyncpg.Connection, planned: list[Planned], key: str | Non
         [r.queueing_lock for r in requests],
         [r.key for r in requests],
         overview,
+        [p.attempts_defaulted for p in planned],
+        [p.timeout_defaulted for p in planned],
+        [None if p.retention is None else db_engine.dumps(p.retention) for p in planned],
     )
     if not overview:
         return []

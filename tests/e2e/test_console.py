@@ -151,3 +151,36 @@ def test_convert_uploads_converts_and_downloads(service: str, tmp_path: Path) ->
     refused = jobq(service, "convert", str(source), "--to", "nope")
     assert refused.returncode == 3
     assert "format" in refused.stderr
+
+
+def test_queue_settings_clean_and_schedules(service: str) -> None:
+    changed = jobq(service, "queues", "set", "console-set", '{"concurrency_limit": 2}', "--json")
+    assert changed.returncode == 0, changed.stderr
+    assert json.loads(changed.stdout)["concurrency_limit"] == 2
+    assert "concurrency_limit" in jobq(service, "queues", "show", "console-set").stdout
+    bad = jobq(service, "queues", "set", "console-set", '{"concurrency_limit": -1}')
+    assert bad.returncode == 3
+    assert "concurrency_limit" in bad.stderr
+    assert jobq(service, "queues", "set", "console-set", "[1]").returncode == 2
+
+    submitted = json.loads(jobq(service, "submit", "system.noop", "--queue", "console-clean",
+                                "--wait", "--json").stdout)
+    assert submitted["status"] == "succeeded"
+    cleaned = jobq(service, "queues", "clean", "console-clean", "--status", "succeeded",
+                   "--json")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert json.loads(cleaned.stdout) == {"deleted": 1}
+    assert jobq(service, "jobs", "show", submitted["id"]).returncode == 3
+
+    made = jobq(service, "schedules", "set", "console-nightly",
+                '{"cron": "0 3 * * *", "job": {"type": "system.noop"}}')
+    assert made.returncode == 0, made.stderr
+    listed = jobq(service, "schedules")
+    assert "console-nightly" in listed.stdout and "0 3 * * *" in listed.stdout
+    shown = json.loads(jobq(service, "schedules", "show", "console-nightly", "--json").stdout)
+    assert shown["cron"] == "0 3 * * *"
+    refused = jobq(service, "schedules", "set", "console-bad",
+                   '{"cron": "not cron", "job": {"type": "system.noop"}}')
+    assert refused.returncode == 3
+    assert jobq(service, "schedules", "delete", "console-nightly").returncode == 0
+    assert jobq(service, "schedules", "show", "console-nightly").returncode == 3

@@ -172,7 +172,10 @@ async def test_chaos_soak_every_job_succeeds_once_and_never_runs_twice_at_once(
                         # Each kill, freeze past the stall timeout and the restart can cost an
                         # attempt; the soak is about never losing a job, not about budgets.
                         max_attempts=50,
-                        backoff=requests.Backoff(base_seconds=0.2, cap_seconds=2))
+                        backoff=requests.Backoff(base_seconds=0.2, cap_seconds=2),
+                        # The ledger checks every job at the end: retention (newest 1,000
+                        # succeeded per queue by default) must not delete them first.
+                        remove_on_complete=False)
                     for _ in range(500)])]
     finally:
         await conn.close()

@@ -79,6 +79,7 @@ def test_every_setting_is_read_from_its_variable():
         "JOBQ_WORKER_QUEUES": "a", "JOBQ_HEARTBEAT_SECONDS": "2",
         "JOBQ_STALL_TIMEOUT_SECONDS": "9", "JOBQ_SHUTDOWN_GRACE_SECONDS": "4",
         "JOBQ_POLL_SECONDS": "3", "JOBQ_PROGRESS_INTERVAL_SECONDS": "1",
+        "JOBQ_RETENTION_INTERVAL_SECONDS": "7",
         "JOBQ_MAX_BODY_BYTES": "5", "JOBQ_MAX_UPLOAD_BYTES": "6",
         "JOBQ_CONVERSION_PROCESSES": "1", "JOBQ_CONVERSION_MEMORY_MB": "300",
         "JOBQ_APP": "my.jobs",

@@ -112,8 +112,13 @@ async def _save(run: JobRun, store: PostgresFileStore, path: Path, filename: str
 async def _reuse(run: JobRun, key: str) -> dict[str, Any] | None:
     """An earlier conversion of the same inputs, target and options, linked to this job."""
     async with run.backend.transaction() as conn:
+        # The file is locked against deletion (FOR KEY SHARE), not the cache entry: a deletion
+        # of the file's last job locks the file first and then removes the entry, so locking
+        # them in the other order could deadlock (see jobq_forget_unused_file). A file being
+        # deleted makes this wait, then find nothing: the conversion runs afresh.
         row = await conn.fetchrow(
-            "SELECT output_file_id, result FROM conversion_cache WHERE key = $1 FOR SHARE", key)
+            "SELECT c.output_file_id, c.result FROM conversion_cache AS c "
+            "JOIN files AS f ON f.id = c.output_file_id WHERE c.key = $1 FOR KEY SHARE OF f", key)
         if row is None:
             return None
         await _fenced(run, conn)
