@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from service.db import engine as db_engine
+from service.db.locks import LOCK_SPACE, LOCKS
 from service.db import models
 
 config = context.config
@@ -27,6 +28,11 @@ def include_object(obj, name, type_, reflected, compare_to):
 
 
 def run_with(connection: Connection) -> None:
+    # Two processes migrating at once (two containers starting with `jobq migrate`) take
+    # turns: the second waits here, then finds the schema at head and has nothing to do.
+    # A session lock, so it spans the per-revision transactions; released on disconnect.
+    connection.exec_driver_sql(f"SELECT pg_advisory_lock({LOCK_SPACE}, {LOCKS['migrate']})")
+    connection.commit()
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

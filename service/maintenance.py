@@ -12,13 +12,13 @@ from datetime import UTC, datetime
 
 from service import attempts, retention
 from service.backend import Backend
+from service.db.locks import LOCK_SPACE, LOCKS
 from service.domain import outcome
 
 logger = logging.getLogger(__name__)
 
-LOCK_SPACE = 0x6A6F6271  # "jobq": the first key of our advisory locks, the second names the task
-OPERATIONS = {"recover_stalled": 1, "purge_finished": 2, "apply_retention": 3}
-"""Maintenance operations and their advisory lock numbers (never reuse a number)."""
+OPERATIONS = {name: LOCKS[name] for name in ("recover_stalled", "purge_finished", "apply_retention")}
+"""Maintenance operations and their advisory lock numbers (service/db/locks.py)."""
 
 _COUNTED = {"retry": "requeued", "failed": "failed", "cancelled": "cancelled"}
 

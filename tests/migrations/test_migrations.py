@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 
 import asyncpg
 from alembic.autogenerate import compare_metadata
@@ -65,5 +67,27 @@ async def test_each_revision_downgrades_to_its_predecessor(server_url: str):
         for target in ("0008", "0007", "0006", "0005", "0004", "0003", "0002", "0001", "base"):
             await asyncio.to_thread(migrate.downgrade, url, target)
         assert await _tables(url) == set()
+    finally:
+        await admin.drop_database(server_url, admin.database_name(url))
+
+
+async def test_two_processes_migrating_one_empty_database_at_once_both_succeed(server_url: str):
+    """Two containers starting with `jobq migrate` at the same moment: without the advisory
+    lock in migrations/env.py the second fails on objects the first is creating."""
+    url = await new_database(server_url, "jobq_migrations")
+    try:
+        env = {**os.environ, "DATABASE_URL": url}
+        processes = [await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service.cli", "migrate", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT) for _ in range(2)]
+        outputs = await asyncio.gather(*(p.communicate() for p in processes))
+        for process, (output, _) in zip(processes, outputs, strict=True):
+            assert process.returncode == 0, output.decode()
+        conn = await asyncpg.connect(url)
+        try:
+            assert await conn.fetchval("SELECT version_num FROM alembic_version") \
+                == migrate.head_revision()
+        finally:
+            await conn.close()
     finally:
         await admin.drop_database(server_url, admin.database_name(url))
