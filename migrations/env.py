@@ -10,8 +10,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from service.db import engine as db_engine
-from service.db.locks import LOCK_SPACE, LOCKS
 from service.db import models
+from service.db.locks import LOCK_SPACE, LOCKS
 
 config = context.config
 target_metadata = models.Base.metadata

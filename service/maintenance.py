@@ -17,7 +17,8 @@ from service.domain import outcome
 
 logger = logging.getLogger(__name__)
 
-OPERATIONS = {name: LOCKS[name] for name in ("recover_stalled", "purge_finished", "apply_retention")}
+OPERATIONS = {name: LOCKS[name]
+              for name in ("recover_stalled", "purge_finished", "apply_retention")}
 """Maintenance operations and their advisory lock numbers (service/db/locks.py)."""
 
 _COUNTED = {"retry": "requeued", "failed": "failed", "cancelled": "cancelled"}
