@@ -21,6 +21,7 @@ from tests.integration.conftest import (  # noqa: F401
     backend,
     clean_tables,
     client,
+    every_table,
     settings,
     start_worker,
 )
