@@ -21,8 +21,19 @@ def fits_the_width(page: Page) -> bool:
 def test_every_page_fits_a_phone(phone: Page, api: httpx.Client, shot: Shot) -> None:
     failed = submit(api, "system.sleep", {"seconds": 0, "fail_times": 1, "permanent": True})
     wait_for_status(api, failed, "failed")
+    # A queue with every policy set and a schedule, so their longest texts are on the pages.
+    policies = {"rate_limit": {"max_starts": 1000, "per_seconds": 3600},
+                "concurrency_limit": 25, "max_attempts": 10, "timeout_seconds": 5400,
+                "backoff": {"base_seconds": 1.5, "cap_seconds": 3600, "jitter": 0.25},
+                "retention": {"succeeded": {"max_age_seconds": 90000, "max_count": 100000}}}
+    assert api.patch("/api/v1/queues/browser-phone", json=policies).status_code == 200
+    schedule = {"cron": "*/15 8-18 * * 1-5", "timezone": "America/Argentina/Buenos_Aires",
+                "job": {"type": "system.noop", "queue": "browser-phone"}}
+    assert api.put("/api/v1/schedules/browser-phone", json=schedule).status_code in (200, 201)
     pages = [("queues", "Queues", "phone-queues"), ("jobs", "Jobs", "phone-jobs"),
              (f"jobs/{failed}", f"Job {failed[:8]}", "phone-job"),
+             ("queues/browser-phone", "Queue browser-phone", "phone-queue"),
+             ("schedules", "Schedules", "phone-schedules"),
              ("workers", "Workers", "phone-workers"), ("convert", "Convert a 3D model",
                                                         "phone-convert")]
     for route, heading, name in pages:
@@ -35,7 +46,7 @@ def test_every_page_fits_a_phone(phone: Page, api: httpx.Client, shot: Shot) -> 
         shot(phone, name)
 
 
-def test_keyboard_skip_link_visible_focus_and_labels(page: Page) -> None:
+def test_keyboard_skip_link_visible_focus_and_labels(page: Page, api: httpx.Client) -> None:
     page.goto("/dashboard#/jobs")
     expect(page.get_by_role("heading", name="Jobs")).to_be_visible()
 
@@ -52,9 +63,11 @@ def test_keyboard_skip_link_visible_focus_and_labels(page: Page) -> None:
     page.keyboard.press("Tab")
     expect(page.get_by_role("link", name="Recent")).to_be_focused()
 
-    for route in ("workers", "convert", "queues", "jobs"):
+    assert api.patch("/api/v1/queues/browser-labels", json={}).status_code == 200
+    for route in ("workers", "convert", "queues", "queues/browser-labels", "schedules", "jobs"):
         page.goto(f"/dashboard#/{route}")
         expect(page.locator("main h1")).to_have_count(1)
+        expect(page.locator("[aria-busy]")).to_have_count(0)
         unlabelled = page.evaluate("""() => [...document.querySelectorAll(
             'input, select, textarea, button, progress')]
             .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')

@@ -5,11 +5,15 @@ import * as notice from "./notice.js";
 import * as convert from "./pages/convert.js";
 import * as job from "./pages/job.js";
 import * as jobs from "./pages/jobs.js";
+import * as queue from "./pages/queue.js";
 import * as queues from "./pages/queues.js";
+import * as schedules from "./pages/schedules.js";
 import * as workers from "./pages/workers.js";
 
 const ROUTES = [
   [/^\/(queues)?$/, queues, "queues"],
+  [/^\/queues\/([^/]+)$/, queue, "queues"],
+  [/^\/schedules$/, schedules, "schedules"],
   [/^\/jobs$/, jobs, "jobs"],
   [/^\/jobs\/([^/]+)$/, job, "jobs"],
   [/^\/workers$/, workers, "workers"],

@@ -1,9 +1,11 @@
-// Queues: counts per status, oldest ages, pause and resume.
+// Queues: counts per status, oldest ages, pause and resume, and each queue's policies (limits,
+// defaults, retention), with a link to the queue's own page where they can be changed.
 import { get, post } from "../api.js";
 import { h, swap, table } from "../dom.js";
 import { duration, STATUSES } from "../format.js";
 import { watch } from "../live.js";
 import { notify, notifyError } from "../notice.js";
+import * as policy from "../policies.js";
 
 export const title = "Queues";
 
@@ -18,8 +20,8 @@ export function render(main) {
   async function refresh() {
     const { items } = await get("/queues");
     body.removeAttribute("aria-busy");
-    swap(body, items.length ? queueTable(items, toggle)
-      : h("p", {}, "No queues yet: a queue appears when a job is submitted to it."));
+    swap(body, ...(items.length ? [queueTable(items, toggle), policyTable(items)]
+      : [h("p", {}, "No queues yet: a queue appears when a job is submitted to it.")]));
   }
 
   async function toggle(queue, button) {
@@ -47,7 +49,7 @@ function countLink(queue, status) {
 
 function queueTable(items, toggle) {
   const columns = [
-    { label: "Queue", cell: (q) => h("a", { href: `#/jobs?queue=${encodeURIComponent(q.name)}` }, q.name) },
+    { label: "Queue", cell: (q) => h("a", { href: queueHref(q.name), "data-key": `queue:${q.name}` }, q.name) },
     { label: "State", cell: (q) => h("span", { class: `badge ${q.paused ? "paused" : "active"}` }, q.paused ? "paused" : "active") },
     ...STATUSES.map((s) => ({ label: s[0].toUpperCase() + s.slice(1), class: "num count", cell: (q) => countLink(q, s) })),
     { label: "Oldest queued", class: "num", cell: (q) => duration(q.oldest_queued_age_seconds) },
@@ -64,4 +66,32 @@ function queueTable(items, toggle) {
     },
   ];
   return table("Queues with their job counts", columns, items, (q) => q.name);
+}
+
+function queueHref(name) {
+  return `#/queues/${encodeURIComponent(name)}`;
+}
+
+/** The policies of every queue, one row each; "Change" opens the queue's page and its form. */
+function policyTable(items) {
+  const columns = [
+    { label: "Queue", cell: (q) => q.name },
+    { label: "Rate limit", cell: (q) => policy.rateLimit(q.rate_limit) },
+    { label: "Concurrency limit", cell: (q) => policy.concurrencyLimit(q.concurrency_limit) },
+    { label: "Attempts", cell: (q) => policy.orTypes(q.max_attempts) },
+    { label: "Timeout", cell: (q) => policy.orTypes(q.timeout_seconds, policy.period) },
+    { label: "Backoff", cell: (q) => policy.backoff(q.backoff) },
+    ...policy.KEPT_STATUSES.map((s) => ({ label: `Keep ${s}`, cell: (q) => policy.keep(q.retention?.[s]) })),
+    {
+      label: "Settings",
+      cell: (q) => h("a", { href: queueHref(q.name), "data-key": `settings:${q.name}`,
+                           "aria-label": `Change the settings of queue ${q.name}` }, "Change"),
+    },
+  ];
+  return h("section", { class: "policies", "aria-labelledby": "policies-heading" },
+    h("h2", { id: "policies-heading" }, "Policies"),
+    h("p", { class: "lead" },
+      "Limits hold across all workers. Attempts, timeout and backoff apply to jobs that set none; ",
+      "finished jobs are deleted once their status's retention no longer keeps them."),
+    table("Each queue's limits, job defaults and retention", columns, items, (q) => `policies:${q.name}`));
 }
