@@ -9,6 +9,8 @@ Output is a table for people and JSON with `--json` for scripts; an error prints
   2  the command line was wrong
   3  the API refused the request (4xx: not found, invalid, conflict, …)
   4  the API could not be reached, or failed (5xx)
+  5  a local file could not be read or written
+  130  interrupted (Ctrl-C)
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from service import client as api
 EXIT_JOB_FAILED = 1
 EXIT_REFUSED = 3
 EXIT_UNAVAILABLE = 4
+EXIT_LOCAL_FILE = 5
+EXIT_INTERRUPTED = 130
 
 POLL_SECONDS = 0.5
 """How often --wait asks for the job while it is not finished."""
@@ -58,14 +62,40 @@ def client_command(function: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
     @functools.wraps(function)
     def wrapper(url: str, as_json: bool, **kwargs: Any) -> None:
+        url, as_json = _group_options(url, as_json)
         try:
             with api.Client(url) as http:
                 function(http, as_json, **kwargs)
         except api.ApiError as exc:
-            err.print(f"jobq: {exc.detail}", markup=False, highlight=False)
-            sys.exit(EXIT_REFUSED if 400 <= exc.status < 500 else EXIT_UNAVAILABLE)
+            _fail(exc.detail, EXIT_REFUSED if 400 <= exc.status < 500 else EXIT_UNAVAILABLE)
+        except OSError as exc:  # a local file: the API was not the problem
+            where = f" {exc.filename}" if exc.filename else ""
+            _fail(f"cannot use{where}: {exc.strerror or exc}", EXIT_LOCAL_FILE)
+        except KeyboardInterrupt:
+            _fail("interrupted (a job already submitted goes on: see `jobq jobs show ID`)",
+                  EXIT_INTERRUPTED)
 
     return wrapper
+
+
+def _group_options(url: str, as_json: bool) -> tuple[str, bool]:
+    """`jobq queues --url U --json pause Q` means the same as `jobq queues pause Q --url U
+    --json`: options given to the group (`queues`, `schedules`) apply to its subcommand unless
+    the subcommand gives its own."""
+    context = click.get_current_context()
+    parent = context.parent
+    if parent is None or "url" not in parent.params:
+        return url, as_json
+    source = click.core.ParameterSource
+    if (context.get_parameter_source("url") is not source.COMMANDLINE
+            and parent.get_parameter_source("url") is source.COMMANDLINE):
+        url = parent.params["url"]
+    return url, as_json or bool(parent.params.get("as_json"))
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"jobq: {message}", markup=False, highlight=False)
+    sys.exit(code)
 
 
 def _print_json(value: Any) -> None:
@@ -113,6 +143,10 @@ def submit(http: api.Client, as_json: bool, job_type: str, payload: str, wait: b
 def convert(http: api.Client, as_json: bool, files: tuple[Path, ...], target: str,
             options: str | None, output: Path | None) -> None:
     """Upload FILES (a mesh with its sidecars, or one ZIP), convert them, download the result."""
+    if output is not None and not output.is_dir() and not output.parent.is_dir():
+        # Found out now, not after the upload and the conversion.
+        raise click.BadParameter(f"no directory {output.parent} to save into",
+                                 param_hint="-o/--output")
     total = sum(f.stat().st_size for f in files)
     with _bar(as_json, transfer=True) as bar:
         task = bar.add_task("uploading", total=total)
@@ -295,7 +329,7 @@ def list_queues(http: api.Client, as_json: bool) -> None:
 @client_command
 def show_queue(http: api.Client, as_json: bool, name: str) -> None:
     """One queue's settings, counts and ages."""
-    _show_mapping(http.queue(name), as_json)
+    _show_queue(http.queue(name), as_json)
 
 
 @queues.command("set")
@@ -305,7 +339,7 @@ def show_queue(http: api.Client, as_json: bool, name: str) -> None:
 def set_queue(http: api.Client, as_json: bool, name: str, settings: str) -> None:
     """Change NAME's settings, given as a JSON object (the body of PATCH /api/v1/queues/NAME),
     e.g. '{"concurrency_limit": 2, "rate_limit": {"max_starts": 10, "per_seconds": 1}}'."""
-    _show_mapping(http.set_queue(name, _json_argument(settings, "SETTINGS")), as_json)
+    _show_queue(http.set_queue(name, _json_argument(settings, "SETTINGS")), as_json)
 
 
 @queues.command("clean")
@@ -324,6 +358,61 @@ def clean_queue(http: api.Client, as_json: bool, name: str, **body: Any) -> None
         _print_json(done)
     else:
         out.print(f"queue {name}: deleted {done['deleted']} job(s)")
+
+
+def _show_queue(q: dict[str, Any], as_json: bool) -> None:
+    """A queue's counts, ages and policies, one per line, in words (docs/queues.md)."""
+    if as_json:
+        _print_json(q)
+        return
+    counts = q["counts"]
+    rate = q.get("rate_limit")
+    backoff = q.get("backoff") or {}
+    lines = [
+        ("name", q["name"]),
+        ("paused", "yes" if q["paused"] else "no"),
+        ("counts", "  ".join(f"{status} {n}" for status, n in counts.items())),
+        ("oldest queued", _age(q["oldest_queued_age_seconds"], unit=True) or "-"),
+        ("oldest running", _age(q["oldest_running_age_seconds"], unit=True) or "-"),
+        ("rate limit", f"{rate['max_starts']} starts per {_period(rate['per_seconds'])}"
+         if rate else "none"),
+        ("concurrency limit", _or(q.get("concurrency_limit"), "none", "{} at once")),
+        ("max attempts", _or(q.get("max_attempts"), "the job type's")),
+        ("timeout", _or(q.get("timeout_seconds"), "the job type's", transform=_period)),
+        ("backoff", ", ".join(
+            f"{key.removesuffix('_seconds')} "
+            f"{_period(backoff[key]) if key.endswith('_seconds') else format(backoff[key], 'g')}"
+            for key in ("base_seconds", "cap_seconds", "jitter")
+            if backoff.get(key) is not None) or "the job type's"),
+    ]
+    for status, keep in (q.get("retention") or {}).items():
+        parts = []
+        if keep["max_age_seconds"] is not None:
+            parts.append(_period(keep["max_age_seconds"]))
+        if keep["max_count"] is not None:
+            parts.append(f"the newest {keep['max_count']}")
+        lines.append((f"keep {status}", ", ".join(parts) or "forever"))
+    table = Table(show_header=False, box=None)
+    for key, value in lines:
+        table.add_row(key, value)
+    out.print(table)
+
+
+def _or(value: Any, missing: str, pattern: str = "{}", transform: Callable[[Any], str] = str
+        ) -> str:
+    return missing if value is None else pattern.format(transform(value))
+
+
+def _period(seconds: float) -> str:
+    """86400 → 1 d, 90 → 1 min 30 s, 1.5 → 1.5 s."""
+    if seconds < 60:
+        return f"{seconds:g} s"
+    rest, parts = round(seconds), []
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60), ("s", 1)):
+        if rest >= size:
+            parts.append(f"{rest // size} {unit}")
+            rest %= size
+    return " ".join(parts[:2])
 
 
 def _json_argument(raw: str, name: str) -> dict[str, Any]:

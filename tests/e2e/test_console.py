@@ -157,7 +157,7 @@ def test_queue_settings_clean_and_schedules(service: str) -> None:
     changed = jobq(service, "queues", "set", "console-set", '{"concurrency_limit": 2}', "--json")
     assert changed.returncode == 0, changed.stderr
     assert json.loads(changed.stdout)["concurrency_limit"] == 2
-    assert "concurrency_limit" in jobq(service, "queues", "show", "console-set").stdout
+    assert "2 at once" in jobq(service, "queues", "show", "console-set").stdout
     bad = jobq(service, "queues", "set", "console-set", '{"concurrency_limit": -1}')
     assert bad.returncode == 3
     assert "concurrency_limit" in bad.stderr
@@ -184,3 +184,59 @@ def test_queue_settings_clean_and_schedules(service: str) -> None:
     assert refused.returncode == 3
     assert jobq(service, "schedules", "delete", "console-nightly").returncode == 0
     assert jobq(service, "schedules", "show", "console-nightly").returncode == 3
+
+
+def test_queue_show_reads_its_policies_in_words(service: str) -> None:
+    settings = ('{"rate_limit": {"max_starts": 10, "per_seconds": 1}, "concurrency_limit": 2, '
+                '"timeout_seconds": 90, "backoff": {"base_seconds": 1.5, "cap_seconds": 600}, '
+                '"retention": {"failed": {"max_count": 500}, '
+                '"cancelled": {"max_age_seconds": null}}}')
+    changed = jobq(service, "queues", "set", "console-words", settings)
+    assert changed.returncode == 0, changed.stderr
+    lines = {line.split("  ")[0].strip(): line.strip() for line in changed.stdout.splitlines()}
+    assert lines["rate limit"].endswith("10 starts per 1 s")
+    assert lines["concurrency limit"].endswith("2 at once")
+    assert lines["max attempts"].endswith("the job type's")
+    assert lines["timeout"].endswith("1 min 30 s")
+    assert lines["backoff"].endswith("base 1.5 s, cap 10 min")
+    assert lines["keep succeeded"].endswith("1 d, the newest 1000")
+    assert lines["keep failed"].endswith("7 d, the newest 500")
+    assert lines["keep cancelled"].endswith("forever")
+    assert lines["paused"].endswith("no")
+    assert "queued 0" in lines["counts"]
+    assert jobq(service, "queues", "show", "console-words").stdout == changed.stdout
+
+
+def test_options_given_to_a_group_reach_its_subcommand(service: str) -> None:
+    """`jobq queues --url U --json show Q` uses U and prints JSON, as `... show Q --url U
+    --json` does; JOBQ_URL names a port nobody listens on, so a dropped --url would fail."""
+    dead = f"http://127.0.0.1:{free_port()}"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "JOBQ_URL": dead})
+
+    assert jobq(service, "queues", "set", "console-group", "{}").returncode == 0
+    shown = run("queues", "--url", service, "--json", "show", "console-group")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["name"] == "console-group"
+    listed = run("schedules", "--json", "--url", service, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert isinstance(json.loads(listed.stdout), list)
+    # The subcommand's own --url wins over the group's.
+    own = run("queues", "--url", service, "show", "console-group", "--url", dead)
+    assert own.returncode == 4 and dead in own.stderr
+
+
+def test_convert_refuses_an_output_directory_that_does_not_exist(service: str,
+                                                                 tmp_path: Path) -> None:
+    before = json.loads(jobq(service, "jobs", "list", "--type", "mesh.convert",
+                             "--json").stdout)["items"]
+    refused = jobq(service, "convert", str(CORPUS / "20mm-xyz-cube.stl"), "--to", "glb",
+                   "-o", str(tmp_path / "missing" / "cube.glb"))
+    assert refused.returncode == 2
+    assert "-o/--output" in refused.stderr and "missing" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    after = json.loads(jobq(service, "jobs", "list", "--type", "mesh.convert",
+                            "--json").stdout)["items"]
+    assert after == before  # refused before anything was uploaded
