@@ -314,14 +314,25 @@ def list_queues(http: api.Client, as_json: bool) -> None:
         _print_json(items)
         return
     table = _table("queue", "paused", "queued", "scheduled", "running", "succeeded", "failed",
-                  "cancelled", "oldest queued")
+                  "cancelled", "oldest queued", "limits")
     for q in items:
         c = q["counts"]
         table.add_row(q["name"], "yes" if q["paused"] else "no",
                       *(str(c[k]) for k in ("queued", "scheduled", "running", "succeeded",
                                             "failed", "cancelled")),
-                      _age(q["oldest_queued_age_seconds"], unit=True))
+                      _age(q["oldest_queued_age_seconds"], unit=True), _limits(q))
     out.print(table)
+
+
+def _limits(q: dict[str, Any]) -> str:
+    """A queue's rate and concurrency limits, short: `10 per 1 s, 2 at once`."""
+    parts = []
+    if q.get("rate_limit"):
+        rate = q["rate_limit"]
+        parts.append(f"{rate['max_starts']} per {_period(rate['per_seconds'])}")
+    if q.get("concurrency_limit") is not None:
+        parts.append(f"{q['concurrency_limit']} at once")
+    return ", ".join(parts)
 
 
 @queues.command("show")

@@ -205,6 +205,9 @@ def test_queue_show_reads_its_policies_in_words(service: str) -> None:
     assert lines["paused"].endswith("no")
     assert "queued 0" in lines["counts"]
     assert jobq(service, "queues", "show", "console-words").stdout == changed.stdout
+    row = next(line for line in jobq(service, "queues").stdout.splitlines()
+               if "console-words" in line)
+    assert row.rstrip().endswith("10 per 1 s, 2 at once")
 
 
 def test_options_given_to_a_group_reach_its_subcommand(service: str) -> None:

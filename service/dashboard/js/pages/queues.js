@@ -77,9 +77,9 @@ function policyTable(items) {
   const columns = [
     { label: "Queue", cell: (q) => q.name },
     { label: "Rate limit", cell: (q) => policy.rateLimit(q.rate_limit) },
-    { label: "Concurrency limit", cell: (q) => policy.concurrencyLimit(q.concurrency_limit) },
-    { label: "Attempts", cell: (q) => policy.orTypes(q.max_attempts) },
-    { label: "Timeout", cell: (q) => policy.orTypes(q.timeout_seconds, policy.period) },
+    { label: "Concurrency limit", class: "short", cell: (q) => policy.concurrencyLimit(q.concurrency_limit) },
+    { label: "Attempts", class: "short", cell: (q) => policy.orTypes(q.max_attempts) },
+    { label: "Timeout", class: "short", cell: (q) => policy.orTypes(q.timeout_seconds, policy.period) },
     { label: "Backoff", cell: (q) => policy.backoff(q.backoff) },
     ...policy.KEPT_STATUSES.map((s) => ({ label: `Keep ${s}`, cell: (q) => policy.keep(q.retention?.[s]) })),
     {
