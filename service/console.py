@@ -72,8 +72,7 @@ def client_command(function: Callable[..., Any]) -> Callable[..., Any]:
             where = f" {exc.filename}" if exc.filename else ""
             _fail(f"cannot use{where}: {exc.strerror or exc}", EXIT_LOCAL_FILE)
         except KeyboardInterrupt:
-            _fail("interrupted (a job already submitted goes on: see `jobq jobs show ID`)",
-                  EXIT_INTERRUPTED)
+            _fail("interrupted", EXIT_INTERRUPTED)
 
     return wrapper
 
@@ -175,8 +174,13 @@ def _follow(http: api.Client, job: dict[str, Any], quiet: bool) -> dict[str, Any
     with _bar(quiet) as bar:
         task = bar.add_task(_label(job), total=100, completed=job.get("progress") or 0)
         while job["status"] not in api.TERMINAL:
-            time.sleep(POLL_SECONDS)
-            job = http.job(job["id"])
+            try:
+                time.sleep(POLL_SECONDS)
+                job = http.job(job["id"])
+            except KeyboardInterrupt:
+                bar.stop()
+                _fail(f"interrupted; job {job['id']} goes on (jobq jobs show {job['id']})",
+                      EXIT_INTERRUPTED)
             bar.update(task, completed=job.get("progress") or 0, description=_label(job))
         if job["status"] == "succeeded":
             bar.update(task, completed=100)
@@ -443,8 +447,19 @@ def _show_mapping(value: dict[str, Any], as_json: bool) -> None:
         return
     table = Table(show_header=False, box=None)
     for key, item in value.items():
-        table.add_row(key, json.dumps(item) if isinstance(item, dict | list) else str(item))
+        table.add_row(key, _cell(item))
     out.print(table)
+
+
+def _cell(value: Any) -> str:
+    """A JSON value in a table: objects as JSON, null as -, booleans as yes or no."""
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def _pause_command(name: str, paused: bool, summary: str) -> None:
@@ -512,12 +527,14 @@ def list_schedules(http: api.Client, as_json: bool) -> None:
     if as_json:
         _print_json(items)
         return
-    table = _table("name", "every", "time zone", "job type", "paused", "next tick")
+    table = _table("name", "when", "time zone", "job type", "queue", "paused", "next tick",
+                   "last job")
     for item in items:
-        every = item.get("cron") or f"{item.get('interval_seconds')} s"
-        table.add_row(item["name"], str(every), item.get("timezone") or "",
-                      (item.get("job") or {}).get("type", ""),
-                      "yes" if item.get("paused") else "no", str(item.get("next_tick_at") or ""))
+        when = item["cron"] or f"every {_period(item['interval_seconds'])}"
+        job = item["job"]
+        table.add_row(item["name"], when, item["timezone"], job["type"],
+                      job.get("queue") or "(the type's)", "yes" if item["paused"] else "no",
+                      _when(item["next_tick_at"]), item["last_job_id"] or "")
     out.print(table)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -243,3 +244,24 @@ def test_convert_refuses_an_output_directory_that_does_not_exist(service: str,
     after = json.loads(jobq(service, "jobs", "list", "--type", "mesh.convert",
                             "--json").stdout)["items"]
     assert after == before  # refused before anything was uploaded
+
+
+def test_ctrl_c_while_waiting_leaves_the_job_and_says_so(service: str) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "submit", "system.sleep", "--payload",
+         '{"seconds": 30}', "--wait", "--url", service],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not [j for j in json.loads(jobq(service, "jobs", "list", "--status", "running",
+                                          "--json").stdout)["items"]
+               if j["payload"]["seconds"] == 30]:
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+    job_id = stderr.split("interrupted; job ")[1].split()[0]
+    job = json.loads(jobq(service, "jobs", "show", job_id, "--json").stdout)
+    assert job["status"] == "running"  # the job goes on without the command
+    assert jobq(service, "jobs", "cancel", job_id).returncode == 0
