@@ -158,7 +158,12 @@ class Client:
     # -- plumbing ----------------------------------------------------------------------------
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._request(method, path, **kwargs).json()
+        response = self._request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiError(0, f"the answer of {self.url}{path} is not JSON: is --url a jobq "
+                              "API?") from None
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

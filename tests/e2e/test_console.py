@@ -77,6 +77,10 @@ def test_errors_print_the_api_detail_and_no_traceback(service: str) -> None:
     assert not_json.returncode == 2
     assert "--payload" in not_json.stderr
 
+    not_the_api = jobq(f"{service}/dashboard", "workers")  # answers 200 with HTML, not JSON
+    assert not_the_api.returncode == 4
+    assert "is not JSON" in not_the_api.stderr and "Traceback" not in not_the_api.stderr
+
     unreachable = jobq(f"http://127.0.0.1:{free_port()}", "queues")
     assert unreachable.returncode == 4
     assert "cannot reach the API" in unreachable.stderr

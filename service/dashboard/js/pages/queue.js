@@ -76,8 +76,8 @@ export function render(main, { match }) {
         h("p", { class: "lead" },
           "Only the fields you change are sent. Workers apply a change at their next claim, with no restart."),
         form.element);
-      settings.hidden = false;
     }
+    settings.hidden = false;
   }
 
   async function toggle(queue, button) {
