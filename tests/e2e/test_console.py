@@ -77,10 +77,6 @@ def test_errors_print_the_api_detail_and_no_traceback(service: str) -> None:
     assert not_json.returncode == 2
     assert "--payload" in not_json.stderr
 
-    not_the_api = jobq(f"{service}/dashboard", "workers")  # answers 200 with HTML, not JSON
-    assert not_the_api.returncode == 4
-    assert "is not JSON" in not_the_api.stderr and "Traceback" not in not_the_api.stderr
-
     unreachable = jobq(f"http://127.0.0.1:{free_port()}", "queues")
     assert unreachable.returncode == 4
     assert "cannot reach the API" in unreachable.stderr
@@ -269,3 +265,33 @@ def test_ctrl_c_while_waiting_leaves_the_job_and_says_so(service: str) -> None:
     job = json.loads(jobq(service, "jobs", "show", job_id, "--json").stdout)
     assert job["status"] == "running"  # the job goes on without the command
     assert jobq(service, "jobs", "cancel", job_id).returncode == 0
+
+
+def test_a_url_that_is_not_a_jobq_api_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """A web server that answers 200 with HTML where the API would answer JSON."""
+    (tmp_path / "api" / "v1").mkdir(parents=True)
+    (tmp_path / "api" / "v1" / "workers").write_text("<html>not jobq</html>")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                               "127.0.0.1", "--directory", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/api/v1/workers").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "http.server did not start"
+            time.sleep(0.1)
+        done = jobq(url, "workers")
+        assert done.returncode == 4
+        assert "is not JSON" in done.stderr and "Traceback" not in done.stderr
+        missing = jobq(url, "queues")  # a 404 page in HTML: the status, as a line
+        assert missing.returncode == 3
+        assert "HTTP 404" in missing.stderr and "Traceback" not in missing.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
