@@ -8,7 +8,7 @@ Output is a table for people and JSON with `--json` for scripts; an error prints
   1  the job failed or was cancelled (--wait)
   2  the command line was wrong
   3  the API refused the request (4xx: not found, invalid, conflict, …)
-  4  the API could not be reached, or failed (5xx)
+  4  the API could not be reached, failed (5xx), or did not answer JSON
   5  a local file could not be read or written
   130  interrupted (Ctrl-C)
 """
