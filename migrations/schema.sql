@@ -1,4 +1,4 @@
--- The schema of a jobq database at revision 0013, written from a migrated database by
+-- The schema of a jobq database at revision 0015, written from a migrated database by
 -- `python -m service.db.schema write`: do not edit by hand. tests/migrations checks that it
 -- is current. Alembic's revisions (migrations/versions) build the database; this file is for
 -- reading, and for copying a function's current text into a new revision.
@@ -78,8 +78,7 @@ CREATE TABLE job_attempts (
     finished_at timestamp with time zone,
     outcome character varying(16),
     error jsonb,
-    CONSTRAINT pk_job_attempts PRIMARY KEY (id),
-    CONSTRAINT fk_job_attempts_job_id_jobs FOREIGN KEY (job_id) REFERENCES jobs(id) ON DELETE CASCADE
+    CONSTRAINT pk_job_attempts PRIMARY KEY (id)
 );
 CREATE UNIQUE INDEX ix_job_attempts_job_id_number ON public.job_attempts USING btree (job_id, number);
 CREATE UNIQUE INDEX uq_job_attempts_open_per_job ON public.job_attempts USING btree (job_id) WHERE (finished_at IS NULL);
@@ -104,8 +103,7 @@ CREATE TABLE job_events (
     worker_name text,
     message text,
     error jsonb,
-    CONSTRAINT pk_job_events PRIMARY KEY (id),
-    CONSTRAINT fk_job_events_job_id_jobs FOREIGN KEY (job_id) REFERENCES jobs(id) ON DELETE CASCADE
+    CONSTRAINT pk_job_events PRIMARY KEY (id)
 );
 CREATE INDEX ix_job_events_job_id_id ON public.job_events USING btree (job_id, id);
 
@@ -181,7 +179,6 @@ CREATE TABLE jobs (
     CONSTRAINT uq_jobs_idempotency_key UNIQUE (idempotency_key),
     CONSTRAINT uq_jobs_key UNIQUE (key),
     CONSTRAINT uq_jobs_queue_job_id UNIQUE (queue_job_id),
-    CONSTRAINT fk_jobs_queue_job_id_procrastinate_jobs FOREIGN KEY (queue_job_id) REFERENCES procrastinate_jobs(id) ON DELETE CASCADE,
     CONSTRAINT ck_jobs_max_attempts_positive CHECK (max_attempts >= 1),
     CONSTRAINT ck_jobs_progress_percent CHECK (progress >= 0 AND progress <= 100)
 );
@@ -604,6 +601,7 @@ $function$;
 CREATE OR REPLACE FUNCTION public.jobq_cancel_job(p_job_id uuid, OUT verdict text, OUT prior_status text)
  RETURNS record
  LANGUAGE plpgsql
+ SET "jobq.keeps_history" TO 'on'
 AS $function$
 -- A client cancels a job. Queued or scheduled: cancelled now (verdict 'cancelled'). Running:
 -- its worker is asked to stop it ('cancel_requested'; Procrastinate's trigger notifies the
@@ -636,6 +634,10 @@ CREATE OR REPLACE FUNCTION public.jobq_claim_jobs(p_queues character varying[], 
  LANGUAGE plpgsql
  SET enable_sort TO 'off'
  SET jit TO 'off'
+ SET enable_seqscan TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
+ SET "jobq.keeps_history" TO 'on'
 AS $function$
 #variable_conflict use_column
 DECLARE
@@ -738,6 +740,9 @@ CREATE OR REPLACE FUNCTION public.jobq_claim_limited(p_queues character varying[
  LANGUAGE plpgsql
  SET enable_sort TO 'off'
  SET jit TO 'off'
+ SET enable_seqscan TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
 AS $function$
 DECLARE
     q record;
@@ -874,6 +879,9 @@ $function$;
 CREATE OR REPLACE FUNCTION public.jobq_count_changes()
  RETURNS trigger
  LANGUAGE plpgsql
+ SET enable_seqscan TO 'on'
+ SET enable_hashjoin TO 'on'
+ SET enable_mergejoin TO 'on'
 AS $function$
 -- Keeps queue_counts and job_stats_daily in the transaction of every statement that inserts,
 -- moves or deletes queue rows, whoever runs it (jobq_* functions, cascades, Procrastinate's
@@ -975,6 +983,10 @@ CREATE OR REPLACE FUNCTION public.jobq_finish_attempts(p_attempt_ids bigint[], p
  LANGUAGE plpgsql
  SET jit TO 'off'
  SET plan_cache_mode TO 'force_generic_plan'
+ SET enable_seqscan TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
+ SET "jobq.keeps_history" TO 'on'
 AS $function$
 #variable_conflict use_column
 -- Record how many attempts ended and move their jobs on, in a handful of statements whatever
@@ -1178,8 +1190,45 @@ CREATE OR REPLACE FUNCTION public.jobq_forget_counts()
  LANGUAGE plpgsql
 AS $function$
 BEGIN
-    -- TRUNCATE of the queue: nothing is left to count.
+    -- TRUNCATE of the queue: nothing is left to count, and no job is left (what TRUNCATE ...
+    -- CASCADE did through the foreign key; their history follows through jobq_forget_history).
     DELETE FROM queue_counts;
+    DELETE FROM jobs;
+    RETURN NULL;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_forget_history()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
+ SET jit TO 'off'
+AS $function$
+-- Deleted jobs take their attempts and events with them, looked up by job.
+DECLARE
+    v_ids uuid[] := ARRAY(SELECT g.id FROM gone_jobs AS g);
+BEGIN
+    DELETE FROM job_attempts AS a WHERE a.job_id = ANY (v_ids);
+    DELETE FROM job_events AS e WHERE e.job_id = ANY (v_ids);
+    RETURN NULL;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_forget_jobs()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
+ SET jit TO 'off'
+AS $function$
+-- Deleted queue rows take their jobs rows with them (what a cascading foreign key did): any
+-- writer's delete, jobq's or Procrastinate's. Each job is looked up by its key.
+BEGIN
+    DELETE FROM jobs AS j
+    WHERE j.queue_job_id = ANY (ARRAY(SELECT o.id FROM old_rows AS o));
     RETURN NULL;
 END;
 $function$;
@@ -1217,6 +1266,9 @@ CREATE OR REPLACE FUNCTION public.jobq_job_events_inserted()
  RETURNS trigger
  LANGUAGE plpgsql
  SET jit TO 'off'
+ SET enable_seqscan TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
 AS $function$
 DECLARE
     v_first bigint;
@@ -1424,6 +1476,7 @@ $function$;
 CREATE OR REPLACE FUNCTION public.jobq_retry_job(p_job_id uuid, OUT verdict text, OUT prior_status text)
  RETURNS record
  LANGUAGE plpgsql
+ SET "jobq.keeps_history" TO 'on'
 AS $function$
 -- A client retries a failed or cancelled job: back to the queue with a fresh attempt budget
 -- ('retried'); any other status: 'refused'. No such job: both NULL. Its attempts and events
@@ -1570,6 +1623,10 @@ CREATE OR REPLACE FUNCTION public.jobq_submit_jobs(p_ids uuid[], p_queues charac
  RETURNS SETOF job_overview
  LANGUAGE plpgsql
  SET jit TO 'off'
+ SET enable_seqscan TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
+ SET "jobq.keeps_history" TO 'on'
 AS $function$
 DECLARE
     v_queue_ids bigint[];
@@ -2095,6 +2152,8 @@ CREATE TRIGGER jobq_job_events_inserted AFTER INSERT ON job_events REFERENCING N
 
 CREATE TRIGGER job_files_forget_unused AFTER DELETE ON job_files REFERENCING OLD TABLE AS gone_links FOR EACH STATEMENT EXECUTE FUNCTION jobq_forget_unused_file();
 
+CREATE TRIGGER jobq_forget_history AFTER DELETE ON jobs REFERENCING OLD TABLE AS gone_jobs FOR EACH STATEMENT EXECUTE FUNCTION jobq_forget_history();
+
 CREATE TRIGGER jobq_count_deleted AFTER DELETE ON procrastinate_jobs REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION jobq_count_changes();
 
 CREATE TRIGGER jobq_count_inserted AFTER INSERT ON procrastinate_jobs REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION jobq_count_changes();
@@ -2102,6 +2161,8 @@ CREATE TRIGGER jobq_count_inserted AFTER INSERT ON procrastinate_jobs REFERENCIN
 CREATE TRIGGER jobq_count_truncated AFTER TRUNCATE ON procrastinate_jobs FOR EACH STATEMENT EXECUTE FUNCTION jobq_forget_counts();
 
 CREATE TRIGGER jobq_count_updated AFTER UPDATE ON procrastinate_jobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION jobq_count_changes();
+
+CREATE TRIGGER jobq_forget_jobs AFTER DELETE ON procrastinate_jobs REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION jobq_forget_jobs();
 
 CREATE TRIGGER procrastinate_jobs_notify_queue_job_aborted_v1 AFTER UPDATE OF abort_requested ON procrastinate_jobs FOR EACH ROW WHEN (old.abort_requested = false AND new.abort_requested = true AND new.status = 'doing'::procrastinate_job_status) EXECUTE FUNCTION procrastinate_notify_queue_abort_job_v1();
 
@@ -2111,8 +2172,8 @@ CREATE TRIGGER procrastinate_trigger_abort_requested_events_v1 AFTER UPDATE OF a
 
 CREATE TRIGGER procrastinate_trigger_delete_jobs_v1 BEFORE DELETE ON procrastinate_jobs FOR EACH ROW EXECUTE FUNCTION procrastinate_unlink_periodic_defers_v1();
 
-CREATE TRIGGER procrastinate_trigger_scheduled_events_v1 AFTER INSERT OR UPDATE ON procrastinate_jobs FOR EACH ROW WHEN (new.scheduled_at IS NOT NULL AND new.status = 'todo'::procrastinate_job_status) EXECUTE FUNCTION procrastinate_trigger_function_scheduled_events_v1();
+CREATE TRIGGER procrastinate_trigger_scheduled_events_v1 AFTER INSERT OR UPDATE ON procrastinate_jobs FOR EACH ROW WHEN (new.scheduled_at IS NOT NULL AND new.status = 'todo'::procrastinate_job_status AND current_setting('jobq.keeps_history'::text, true) IS DISTINCT FROM 'on'::text) EXECUTE FUNCTION procrastinate_trigger_function_scheduled_events_v1();
 
-CREATE TRIGGER procrastinate_trigger_status_events_insert_v1 AFTER INSERT ON procrastinate_jobs FOR EACH ROW WHEN (new.status = 'todo'::procrastinate_job_status) EXECUTE FUNCTION procrastinate_trigger_function_status_events_insert_v1();
+CREATE TRIGGER procrastinate_trigger_status_events_insert_v1 AFTER INSERT ON procrastinate_jobs FOR EACH ROW WHEN (new.status = 'todo'::procrastinate_job_status AND current_setting('jobq.keeps_history'::text, true) IS DISTINCT FROM 'on'::text) EXECUTE FUNCTION procrastinate_trigger_function_status_events_insert_v1();
 
-CREATE TRIGGER procrastinate_trigger_status_events_update_v1 AFTER UPDATE OF status ON procrastinate_jobs FOR EACH ROW EXECUTE FUNCTION procrastinate_trigger_function_status_events_update_v1();
+CREATE TRIGGER procrastinate_trigger_status_events_update_v1 AFTER UPDATE OF status ON procrastinate_jobs FOR EACH ROW WHEN (current_setting('jobq.keeps_history'::text, true) IS DISTINCT FROM 'on'::text) EXECUTE FUNCTION procrastinate_trigger_function_status_events_update_v1();

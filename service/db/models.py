@@ -68,10 +68,10 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
-    queue_job_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("procrastinate_jobs.id", ondelete="CASCADE"), unique=True
-    )
-    """The Procrastinate job that carries this job's queue state (status, schedule, attempts)."""
+    queue_job_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    """The Procrastinate job that carries this job's queue state (status, schedule, attempts).
+    Written with it by jobq_submit_jobs and deleted with it by a trigger (revision 0015): no
+    foreign key, whose per-row check could flip to a sequential scan (issue 17)."""
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     max_attempts: Mapped[int] = mapped_column(Integer)
     """Attempts allowed in the current budget; a manual retry starts a fresh budget."""
@@ -114,7 +114,9 @@ class JobAttempt(Base):
     __tablename__ = "job_attempts"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    """Its job; written only by jobq_* functions that hold the job, deleted with it by a
+    trigger on jobs (revision 0015), so no foreign key is checked per row on the hot path."""
     number: Mapped[int] = mapped_column(Integer)
     """1 for the first run of the job, counting across manual retries."""
     worker_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -142,7 +144,8 @@ class JobEvent(Base):
     __tablename__ = "job_events"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    """Its job, as for JobAttempt.job_id: no foreign key, deleted with the job by a trigger."""
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     event: Mapped[str] = mapped_column(String(32))
     attempt: Mapped[int | None] = mapped_column(Integer)
