@@ -5,11 +5,12 @@ processes are on this machine (their CPU is read from /proc), ideally one starte
 `shared_preload_libraries = 'pg_stat_statements'` and `pg_stat_statements.track = all`, so
 that it also lists the statements (nested ones too) that took the server's time:
 
-    .venv/bin/python -m benchmarks.pg_cost --server-url postgresql://postgres@127.0.0.1:5499/postgres \\
-        --data-dir /tmp/pg/data --jobs 20000 --concurrency 10
+    .venv/bin/python -m benchmarks.pg_cost --data-dir /tmp/pg/data --jobs 20000 \\
+        --concurrency 10 --server-url postgresql://postgres@127.0.0.1:5499/postgres
 
 It makes a database, migrates it, queues N no-op jobs, starts real `jobq worker` processes
-held on a lock until all registered, then lets them drain the queue. CPU is the user + system
+held on a lock until all registered, then lets them drain the queue. `--analyze`: `VACUUM
+ANALYZE` once the jobs are queued, as autovacuum does to a table that grew. CPU is the user + system
 time of every process of the server (backends and background processes) from the release to
 the moment the queue is empty. Rows are pg_stat_user_tables' inserts, updates and deletes over
 the same span, read after the workers exited (their sessions' statistics are flushed then).
@@ -103,6 +104,8 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--statements", type=int, default=25, help="top statements listed")
+    parser.add_argument("--analyze", action="store_true",
+                        help="VACUUM ANALYZE once the jobs are queued")
     args = parser.parse_args()
 
     name = f"jobq_cost_{uuid.uuid4().hex[:10]}"
@@ -120,7 +123,8 @@ async def run(args: argparse.Namespace, url: str) -> None:
         for start in range(0, args.jobs, 1000):
             async with conn.transaction():
                 await jobs.enqueue(conn, [NOOP] * min(1000, args.jobs - start))
-        await conn.execute("VACUUM ANALYZE")
+        if args.analyze:
+            await conn.execute("VACUUM ANALYZE")
         has_pss = True
         try:
             await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
@@ -182,7 +186,8 @@ async def run(args: argparse.Namespace, url: str) -> None:
 def report(args: argparse.Namespace, seconds: float, cpu: ServerCpu, commit_count: int,
            before: dict, after: dict) -> None:
     n = args.jobs
-    print(f"{n} jobs, {args.processes} x concurrency {args.concurrency}: {seconds:.2f} s, "
+    print(f"{n} jobs, {args.processes} x concurrency {args.concurrency}"
+          f"{', analyzed' if args.analyze else ''}: {seconds:.2f} s, "
           f"{n / seconds:,.0f} jobs/s")
     print(f"server CPU per job: {cpu.total() / n * 1e6:,.0f} us (every server process; "
           f"{cpu.total():.2f} s)")
