@@ -1,4 +1,4 @@
--- The schema of a jobq database at revision 0015, written from a migrated database by
+-- The schema of a jobq database at revision 0016, written from a migrated database by
 -- `python -m service.db.schema write`: do not edit by hand. tests/migrations checks that it
 -- is current. Alembic's revisions (migrations/versions) build the database; this file is for
 -- reading, and for copying a function's current text into a new revision.
@@ -83,17 +83,6 @@ CREATE TABLE job_attempts (
 CREATE UNIQUE INDEX ix_job_attempts_job_id_number ON public.job_attempts USING btree (job_id, number);
 CREATE UNIQUE INDEX uq_job_attempts_open_per_job ON public.job_attempts USING btree (job_id) WHERE (finished_at IS NULL);
 
-CREATE TABLE job_counters (
-    shard integer NOT NULL,
-    queue character varying(128) NOT NULL,
-    type character varying(128) NOT NULL,
-    event character varying(32) NOT NULL,
-    bucket smallint NOT NULL,
-    count bigint NOT NULL,
-    seconds double precision NOT NULL,
-    CONSTRAINT pk_job_counters PRIMARY KEY (shard, queue, type, event, bucket)
-);
-
 CREATE TABLE job_events (
     id bigint DEFAULT nextval('job_events_id_seq'::regclass) NOT NULL,
     job_id uuid NOT NULL,
@@ -141,6 +130,9 @@ CREATE TABLE job_stats_daily (
     failed bigint DEFAULT 0 NOT NULL,
     cancelled bigint DEFAULT 0 NOT NULL,
     retried bigint DEFAULT 0 NOT NULL,
+    started bigint DEFAULT 0 NOT NULL,
+    requeued bigint DEFAULT 0 NOT NULL,
+    client_retried bigint DEFAULT 0 NOT NULL,
     CONSTRAINT pk_job_stats_daily PRIMARY KEY (day, queue_name, task_name, shard)
 );
 
@@ -153,6 +145,7 @@ CREATE TABLE job_stats_histograms (
     shard smallint NOT NULL,
     n bigint NOT NULL,
     max_ms double precision NOT NULL,
+    sum_ms double precision DEFAULT 0 NOT NULL,
     CONSTRAINT pk_job_stats_histograms PRIMARY KEY (day, queue_name, task_name, metric, bucket, shard)
 );
 
@@ -711,9 +704,9 @@ BEGIN
         -- Daily aggregate (docs/reporting.md): how long first attempts waited to start, from
         -- submission or from the time the job was scheduled for.
         INSERT INTO job_stats_histograms AS h (day, queue_name, task_name, metric, bucket,
-                                               shard, n, max_ms)
+                                               shard, n, max_ms, sum_ms)
         SELECT jobq_today(), x.queue_name, x.task_name, 'wait', jobq_stats_bucket(x.ms),
-               jobq_shard(), count(*), max(x.ms)
+               jobq_shard(), count(*), max(x.ms), sum(x.ms)
         FROM (SELECT c.queue_name, c.task_name,
                      greatest(extract(epoch FROM v_started
                                       - coalesce(c.scheduled_at, w.created_at)) * 1000, 0) AS ms
@@ -724,7 +717,8 @@ BEGIN
         GROUP BY x.queue_name, x.task_name, jobq_stats_bucket(x.ms)
         ORDER BY x.queue_name, x.task_name, jobq_stats_bucket(x.ms)
         ON CONFLICT (day, queue_name, task_name, metric, bucket, shard)
-        DO UPDATE SET n = h.n + excluded.n, max_ms = greatest(h.max_ms, excluded.max_ms)
+        DO UPDATE SET n = h.n + excluded.n, max_ms = greatest(h.max_ms, excluded.max_ms),
+                      sum_ms = h.sum_ms + excluded.sum_ms
     )
     SELECT o.id, o.job_id, o.number, c.attempts + 1, c.task_name, c.queue_name,
            w.payload, w.max_attempts, w.timeout_seconds, w.backoff
@@ -886,6 +880,7 @@ AS $function$
 -- Keeps queue_counts and job_stats_daily in the transaction of every statement that inserts,
 -- moves or deletes queue rows, whoever runs it (jobq_* functions, cascades, Procrastinate's
 -- own functions). The daily aggregate first, then the counts, everywhere: one lock order.
+-- job_stats_daily is also what /metrics counts (revision 0016): one count of each fact.
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO job_stats_daily AS d (day, queue_name, task_name, shard, submitted)
@@ -905,27 +900,39 @@ BEGIN
         ON CONFLICT (queue_name, status, shard) DO UPDATE SET n = c.n + excluded.n;
     ELSE
         INSERT INTO job_stats_daily AS d (day, queue_name, task_name, shard, succeeded,
-                                          failed, cancelled, retried)
+                                          failed, cancelled, retried, started, requeued,
+                                          client_retried)
         SELECT jobq_today(), m.queue_name, m.task_name, jobq_shard(),
                count(*) FILTER (WHERE m.status = 'succeeded'),
                count(*) FILTER (WHERE m.status = 'failed'),
                count(*) FILTER (WHERE m.status IN ('cancelled', 'aborted')),
-               count(*) FILTER (WHERE m.retried)
+               count(*) FILTER (WHERE m.retried OR m.client_retried),
+               count(*) FILTER (WHERE m.started),
+               count(*) FILTER (WHERE m.requeued),
+               count(*) FILTER (WHERE m.client_retried)
         FROM (
             SELECT n.queue_name, n.task_name, n.status,
-                   -- back to the queue after a failed attempt, or a client's retry (an
-                   -- interrupted attempt is not counted, so is not a retry)
-                   n.status = 'todo' AND (o.status IN ('failed', 'cancelled', 'aborted')
-                                          OR (o.status = 'doing' AND n.attempts > o.attempts))
-                       AS retried
+                   -- back to the queue after a failed attempt (an interrupted attempt is not
+                   -- counted, so is not a retry: it is requeued)
+                   (o.status = 'doing' AND n.status = 'todo' AND n.attempts > o.attempts)
+                       AS retried,
+                   (o.status = 'doing' AND n.status = 'todo' AND n.attempts <= o.attempts)
+                       AS requeued,
+                   -- a client's retry of a finished job
+                   (n.status = 'todo' AND o.status IN ('failed', 'cancelled', 'aborted'))
+                       AS client_retried,
+                   (o.status = 'todo' AND n.status = 'doing') AS started
             FROM old_rows AS o JOIN new_rows AS n ON n.id = o.id
             WHERE o.status <> n.status
         ) AS m
-        WHERE m.status IN ('succeeded', 'failed', 'cancelled', 'aborted') OR m.retried
+        WHERE m.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
+           OR m.retried OR m.requeued OR m.client_retried OR m.started
         GROUP BY m.queue_name, m.task_name ORDER BY m.queue_name, m.task_name
         ON CONFLICT (day, queue_name, task_name, shard) DO UPDATE
         SET succeeded = d.succeeded + excluded.succeeded, failed = d.failed + excluded.failed,
-            cancelled = d.cancelled + excluded.cancelled, retried = d.retried + excluded.retried;
+            cancelled = d.cancelled + excluded.cancelled, retried = d.retried + excluded.retried,
+            started = d.started + excluded.started, requeued = d.requeued + excluded.requeued,
+            client_retried = d.client_retried + excluded.client_retried;
 
         INSERT INTO queue_counts AS c (queue_name, status, shard, n)
         SELECT x.queue_name, x.status, jobq_shard(), sum(x.d)
@@ -1085,15 +1092,16 @@ BEGIN
         -- Daily aggregates (docs/reporting.md): how long the attempts that ran to an end took,
         -- what each worker did, and the failures by error type.
         INSERT INTO job_stats_histograms AS h (day, queue_name, task_name, metric, bucket,
-                                               shard, n, max_ms)
+                                               shard, n, max_ms, sum_ms)
         SELECT jobq_today(), t.queue_name, t.task_name, 'run', jobq_stats_bucket(t.ran_ms),
-               jobq_shard(), count(*), max(t.ran_ms)
+               jobq_shard(), count(*), max(t.ran_ms), sum(t.ran_ms)
         FROM target AS t
         WHERE NOT p_lost AND t.outcome IN ('succeeded', 'failed', 'retry')
         GROUP BY t.queue_name, t.task_name, jobq_stats_bucket(t.ran_ms)
         ORDER BY t.queue_name, t.task_name, jobq_stats_bucket(t.ran_ms)
         ON CONFLICT (day, queue_name, task_name, metric, bucket, shard)
-        DO UPDATE SET n = h.n + excluded.n, max_ms = greatest(h.max_ms, excluded.max_ms)
+        DO UPDATE SET n = h.n + excluded.n, max_ms = greatest(h.max_ms, excluded.max_ms),
+                      sum_ms = h.sum_ms + excluded.sum_ms
     ), by_worker AS (
         INSERT INTO worker_stats_daily AS w (day, worker_name, attempts, succeeded, failed,
                                              retried, cancelled, interrupted, lost, busy_ms)
@@ -1152,37 +1160,6 @@ AS $function$
         WHEN 'failed' THEN ARRAY['failed']::procrastinate_job_status[]
         WHEN 'cancelled' THEN ARRAY['cancelled', 'aborted']::procrastinate_job_status[]
     END
-$function$;
-
-CREATE OR REPLACE FUNCTION public.jobq_fold_counters()
- RETURNS bigint
- LANGUAGE plpgsql
-AS $function$
--- Fold the counter rows of database sessions that have ended into shard 0; every total stays
--- the same (rows are moved, in one statement). One fold at a time; returns the rows folded.
-DECLARE
-    v_folded bigint;
-BEGIN
-    IF NOT pg_try_advisory_xact_lock(hashtext('jobq_fold_counters')) THEN
-        RETURN 0;
-    END IF;
-    WITH gone AS (
-        DELETE FROM job_counters AS c
-        WHERE c.shard <> 0
-          AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS s WHERE s.pid = c.shard)
-        RETURNING c.queue, c.type, c.event, c.bucket, c.count, c.seconds
-    ), folded AS (
-        INSERT INTO job_counters AS c (shard, queue, type, event, bucket, count, seconds)
-        SELECT 0, g.queue, g.type, g.event, g.bucket, sum(g.count), sum(g.seconds)
-        FROM gone AS g
-        GROUP BY 2, 3, 4, 5
-        ORDER BY 2, 3, 4, 5
-        ON CONFLICT (shard, queue, type, event, bucket)
-        DO UPDATE SET count = c.count + excluded.count, seconds = c.seconds + excluded.seconds
-    )
-    SELECT count(*) INTO v_folded FROM gone;
-    RETURN v_folded;
-END;
 $function$;
 
 CREATE OR REPLACE FUNCTION public.jobq_forget_counts()
@@ -1287,40 +1264,6 @@ BEGIN
     -- Delivered at commit, in commit order; nothing at all if the transaction rolls back.
     PERFORM pg_notify('jobq_events', 'e:' || v_first || ':' || v_last);
 
-    -- Time measured per event: a start waited since the job was due (its run_at or retry
-    -- time, its previous attempt's end, else its creation); an attempt's end ran since its
-    -- start. Other events count without a time. Every lookup is one row by its key (OFFSET 0
-    -- keeps them per row): the planner takes a transition table for 1000 rows, and as a join
-    -- it hashed the whole queue, 7.9 ms per claim of 10 with 20,000 jobs queued instead of
-    -- 0.11 ms (auto_explain), which made drains 5x slower.
-    INSERT INTO job_counters AS c (shard, queue, type, event, bucket, count, seconds)
-    SELECT pg_backend_pid(), m.queue, m.type, m.event,
-           coalesce(width_bucket(m.seconds, jobq_metric_buckets()), -1),
-           count(*), coalesce(sum(m.seconds), 0)
-    FROM new_events AS n
-    CROSS JOIN LATERAL (
-        SELECT pj.queue_name AS queue, pj.task_name AS type, n.event,
-               CASE
-                   WHEN n.event = 'started' THEN extract(epoch FROM n.at - greatest(
-                       coalesce(pj.scheduled_at, j.created_at),
-                       (SELECT a.finished_at FROM job_attempts AS a
-                         WHERE a.job_id = n.job_id AND a.number = n.attempt - 1)))
-                   WHEN n.attempt IS NOT NULL
-                        AND n.event IN ('succeeded', 'failed', 'retry_scheduled', 'cancelled',
-                                        'requeued') THEN
-                       (SELECT extract(epoch FROM n.at - a.started_at) FROM job_attempts AS a
-                         WHERE a.job_id = n.job_id AND a.number = n.attempt)
-               END::double precision AS seconds
-        FROM jobs AS j
-        JOIN procrastinate_jobs AS pj ON pj.id = j.queue_job_id
-        WHERE j.id = n.job_id
-        OFFSET 0
-    ) AS m
-    GROUP BY 2, 3, 4, 5
-    ORDER BY 2, 3, 4, 5
-    ON CONFLICT (shard, queue, type, event, bucket)
-    DO UPDATE SET count = c.count + excluded.count, seconds = c.seconds + excluded.seconds;
-
     IF v_terminal THEN
         -- The job as it is at this outcome, kept in the delivery's payload: the POST describes
         -- this outcome even if the job is retried or deleted before it is sent.
@@ -1401,10 +1344,12 @@ CREATE OR REPLACE FUNCTION public.jobq_metric_buckets()
  LANGUAGE sql
  IMMUTABLE PARALLEL SAFE
 AS $function$
-    -- Upper bounds (seconds) of the run-time and queue-wait histograms. job_counters.bucket is
-    -- width_bucket(seconds, these): 0 below the first bound, i from bound i on, -1 for events
-    -- that measure no time. /metrics reads the bounds from here.
-    SELECT '{0.005,0.01,0.025,0.05,0.1,0.25,0.5,1,2.5,5,10,30,60,300,900,3600}'::double precision[]
+    -- Upper bounds (seconds) of /metrics' run-time and queue-wait histograms: 2^k ms for
+    -- k = 0..22, the upper edge of every fourth bucket of jobq_stats_bucket (bucket 4k holds
+    -- durations below 2^k ms), so that the counts up to each bound are exact sums of the
+    -- daily histograms. Bucket b is counted up to bound number ceil(b / 4).
+    SELECT array_agg(power(2, k) / 1000.0 ORDER BY k)::double precision[]
+    FROM generate_series(0, 22) AS k
 $function$;
 
 CREATE OR REPLACE FUNCTION public.jobq_notify_requeued(p_queue character varying, p_queue_job_id bigint)

@@ -271,8 +271,9 @@ class QueueCount(Base):
 
 
 class JobStatsDaily(Base):
-    """Jobs submitted, succeeded, failed, cancelled and retried per day (UTC), queue and
-    type: what the reports read (docs/reporting.md). Retention never deletes it."""
+    """Jobs submitted, started, succeeded, failed, cancelled, retried and requeued per day
+    (UTC), queue and type: what the reports and /metrics' counters read (docs/reporting.md,
+    docs/events.md). Retention never deletes it."""
 
     __tablename__ = "job_stats_daily"
 
@@ -285,11 +286,18 @@ class JobStatsDaily(Base):
     failed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     cancelled: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     retried: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    """Back in line after a failed attempt, or by a client's retry (client_retried of them)."""
+    started: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    """Attempts started."""
+    requeued: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    """Attempts stopped and not counted (worker shutdown, fencing): the job waits again."""
+    client_retried: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
 class JobStatsHistogram(Base):
     """Run times (`run`) and first waits (`wait`) per day, queue and type, as histogram
-    buckets (jobq_stats_bucket), for percentiles; with the largest value of each bucket."""
+    buckets (jobq_stats_bucket), for percentiles; with the largest value and the sum of each
+    bucket. The reports and /metrics' histograms read it."""
 
     __tablename__ = "job_stats_histograms"
 
@@ -301,6 +309,7 @@ class JobStatsHistogram(Base):
     shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     n: Mapped[int] = mapped_column(BigInteger)
     max_ms: Mapped[float] = mapped_column(Double)
+    sum_ms: Mapped[float] = mapped_column(Double, server_default=text("0"))
 
 
 class JobFailuresDaily(Base):
@@ -434,18 +443,3 @@ class WebhookDelivery(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index(None, "job_id", "id"),)
-
-
-class JobCounter(Base):
-    """Totals behind /metrics: events per queue, type and histogram bucket, added to by the
-    trigger on job_events, one shard per database session (revision 0011)."""
-
-    __tablename__ = "job_counters"
-
-    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
-    queue: Mapped[str] = mapped_column(String(128), primary_key=True)
-    type: Mapped[str] = mapped_column(String(128), primary_key=True)
-    event: Mapped[str] = mapped_column(String(32), primary_key=True)
-    bucket: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
-    count: Mapped[int] = mapped_column(BigInteger)
-    seconds: Mapped[float] = mapped_column(Double)
