@@ -862,7 +862,7 @@ BEGIN
         LIMIT p_limit
         FOR UPDATE OF pj SKIP LOCKED
     ), gone AS (
-        -- jobs, their attempts, events and file links follow through ON DELETE CASCADE
+        -- jobs, their attempts, events and file links follow (jobq_forget_jobs)
         DELETE FROM procrastinate_jobs WHERE id IN (SELECT id FROM doomed) RETURNING id
     )
     SELECT count(*) INTO v_deleted FROM gone;
@@ -979,7 +979,7 @@ BEGIN
         verdict := 'refused';
         RETURN;
     END IF;
-    -- Our rows (job, attempts, events, file links) follow through ON DELETE CASCADE.
+    -- Our rows (job, attempts, events, file links) follow (jobq_forget_jobs).
     DELETE FROM procrastinate_jobs WHERE id = r.queue_job_id;
     verdict := 'deleted';
 END;
@@ -1376,7 +1376,7 @@ AS $function$
         LIMIT p_limit
         FOR UPDATE OF pj SKIP LOCKED
     ), gone AS (
-        -- jobs, their attempts, events and file links follow through ON DELETE CASCADE
+        -- jobs, their attempts, events and file links follow (jobq_forget_jobs)
         DELETE FROM procrastinate_jobs WHERE id IN (SELECT id FROM doomed) RETURNING id
     )
     SELECT count(*)::integer FROM gone

@@ -109,6 +109,187 @@ END;
 $$
 """
 
+# Functions whose comments named the cascade: the same text, the comment updated.
+CLEAN_QUEUE = r"""
+CREATE OR REPLACE FUNCTION public.jobq_clean_queue(p_queue character varying, p_status text, p_older_than_seconds double precision, p_limit integer, p_policy boolean DEFAULT false)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SET enable_sort TO 'off'
+ SET jit TO 'off'
+AS $function$
+-- Delete up to p_limit jobs of queue p_queue that ended p_status (succeeded, failed,
+-- cancelled) more than p_older_than_seconds ago, oldest first, with everything recorded about
+-- them and their files; returns how many. p_policy: the queue's retention is applying this,
+-- so jobs with their own retention for this status are left to it.
+DECLARE
+    v_statuses procrastinate_job_status[] := jobq_finished_statuses(p_status);
+    v_before timestamptz := now() - make_interval(secs => p_older_than_seconds);
+    v_deleted integer;
+BEGIN
+    IF v_statuses IS NULL THEN
+        RAISE 'unknown finished status %', p_status USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    WITH doomed AS (
+        SELECT pj.id
+        FROM jobs AS j
+        JOIN procrastinate_jobs AS pj ON pj.id = j.queue_job_id
+        WHERE j.created_at < v_before
+          AND pj.queue_name = p_queue
+          AND pj.status = ANY (v_statuses)
+          AND NOT (p_policy AND coalesce(j.retention ? p_status, false))
+          AND (SELECT max(e.at) FROM job_events AS e WHERE e.job_id = j.id) < v_before
+        ORDER BY j.created_at, j.id
+        LIMIT p_limit
+        FOR UPDATE OF pj SKIP LOCKED
+    ), gone AS (
+        -- jobs, their attempts, events and file links follow (jobq_forget_jobs)
+        DELETE FROM procrastinate_jobs WHERE id IN (SELECT id FROM doomed) RETURNING id
+    )
+    SELECT count(*) INTO v_deleted FROM gone;
+    RETURN v_deleted;
+END;
+$function$;
+"""
+
+CLEAN_QUEUE_0013 = r"""
+CREATE OR REPLACE FUNCTION public.jobq_clean_queue(p_queue character varying, p_status text, p_older_than_seconds double precision, p_limit integer, p_policy boolean DEFAULT false)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SET enable_sort TO 'off'
+ SET jit TO 'off'
+AS $function$
+-- Delete up to p_limit jobs of queue p_queue that ended p_status (succeeded, failed,
+-- cancelled) more than p_older_than_seconds ago, oldest first, with everything recorded about
+-- them and their files; returns how many. p_policy: the queue's retention is applying this,
+-- so jobs with their own retention for this status are left to it.
+DECLARE
+    v_statuses procrastinate_job_status[] := jobq_finished_statuses(p_status);
+    v_before timestamptz := now() - make_interval(secs => p_older_than_seconds);
+    v_deleted integer;
+BEGIN
+    IF v_statuses IS NULL THEN
+        RAISE 'unknown finished status %', p_status USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    WITH doomed AS (
+        SELECT pj.id
+        FROM jobs AS j
+        JOIN procrastinate_jobs AS pj ON pj.id = j.queue_job_id
+        WHERE j.created_at < v_before
+          AND pj.queue_name = p_queue
+          AND pj.status = ANY (v_statuses)
+          AND NOT (p_policy AND coalesce(j.retention ? p_status, false))
+          AND (SELECT max(e.at) FROM job_events AS e WHERE e.job_id = j.id) < v_before
+        ORDER BY j.created_at, j.id
+        LIMIT p_limit
+        FOR UPDATE OF pj SKIP LOCKED
+    ), gone AS (
+        -- jobs, their attempts, events and file links follow through ON DELETE CASCADE
+        DELETE FROM procrastinate_jobs WHERE id IN (SELECT id FROM doomed) RETURNING id
+    )
+    SELECT count(*) INTO v_deleted FROM gone;
+    RETURN v_deleted;
+END;
+$function$;
+"""
+
+DELETE_JOB = r"""
+CREATE OR REPLACE FUNCTION public.jobq_delete_job(p_job_id uuid, OUT verdict text, OUT prior_status text)
+ RETURNS record
+ LANGUAGE plpgsql
+AS $function$
+-- A client deletes a finished job with everything recorded about it ('deleted'); a queued,
+-- scheduled or running job is 'refused'. No such job: both NULL.
+DECLARE
+    r record;
+BEGIN
+    SELECT * INTO r FROM jobq_lock_job(p_job_id);
+    IF r.queue_job_id IS NULL THEN
+        RETURN;
+    END IF;
+    prior_status := r.status;
+    IF r.status NOT IN ('succeeded', 'failed', 'cancelled') THEN
+        verdict := 'refused';
+        RETURN;
+    END IF;
+    -- Our rows (job, attempts, events, file links) follow (jobq_forget_jobs).
+    DELETE FROM procrastinate_jobs WHERE id = r.queue_job_id;
+    verdict := 'deleted';
+END;
+$function$;
+"""
+
+DELETE_JOB_0013 = r"""
+CREATE OR REPLACE FUNCTION public.jobq_delete_job(p_job_id uuid, OUT verdict text, OUT prior_status text)
+ RETURNS record
+ LANGUAGE plpgsql
+AS $function$
+-- A client deletes a finished job with everything recorded about it ('deleted'); a queued,
+-- scheduled or running job is 'refused'. No such job: both NULL.
+DECLARE
+    r record;
+BEGIN
+    SELECT * INTO r FROM jobq_lock_job(p_job_id);
+    IF r.queue_job_id IS NULL THEN
+        RETURN;
+    END IF;
+    prior_status := r.status;
+    IF r.status NOT IN ('succeeded', 'failed', 'cancelled') THEN
+        verdict := 'refused';
+        RETURN;
+    END IF;
+    -- Our rows (job, attempts, events, file links) follow through ON DELETE CASCADE.
+    DELETE FROM procrastinate_jobs WHERE id = r.queue_job_id;
+    verdict := 'deleted';
+END;
+$function$;
+"""
+
+PURGE_FINISHED = r"""
+CREATE OR REPLACE FUNCTION public.jobq_purge_finished(p_older_than interval, p_limit integer)
+ RETURNS integer
+ LANGUAGE sql
+AS $function$
+    -- Delete up to p_limit finished jobs submitted more than p_older_than ago, with their
+    -- history; returns how many. Rows another transaction holds are skipped.
+    WITH doomed AS (
+        SELECT pj.id
+        FROM procrastinate_jobs AS pj
+        JOIN jobs AS j ON j.queue_job_id = pj.id
+        WHERE pj.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
+          AND j.created_at < now() - p_older_than
+        LIMIT p_limit
+        FOR UPDATE OF pj SKIP LOCKED
+    ), gone AS (
+        -- jobs, their attempts, events and file links follow (jobq_forget_jobs)
+        DELETE FROM procrastinate_jobs WHERE id IN (SELECT id FROM doomed) RETURNING id
+    )
+    SELECT count(*)::integer FROM gone
+$function$;
+"""
+
+PURGE_FINISHED_0013 = r"""
+CREATE OR REPLACE FUNCTION public.jobq_purge_finished(p_older_than interval, p_limit integer)
+ RETURNS integer
+ LANGUAGE sql
+AS $function$
+    -- Delete up to p_limit finished jobs submitted more than p_older_than ago, with their
+    -- history; returns how many. Rows another transaction holds are skipped.
+    WITH doomed AS (
+        SELECT pj.id
+        FROM procrastinate_jobs AS pj
+        JOIN jobs AS j ON j.queue_job_id = pj.id
+        WHERE pj.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
+          AND j.created_at < now() - p_older_than
+        LIMIT p_limit
+        FOR UPDATE OF pj SKIP LOCKED
+    ), gone AS (
+        -- jobs, their attempts, events and file links follow through ON DELETE CASCADE
+        DELETE FROM procrastinate_jobs WHERE id IN (SELECT id FROM doomed) RETURNING id
+    )
+    SELECT count(*)::integer FROM gone
+$function$;
+"""
+
 HOT_FUNCTIONS = (
     "jobq_submit_jobs(uuid[], varchar[], varchar[], integer[], timestamptz[], text[], "
     "integer[], double precision[], text[], text, text[], text[], text[], text[], text[], "
@@ -158,6 +339,8 @@ def upgrade() -> None:
     for table, constraint, _, _ in FOREIGN_KEYS:
         op.execute(f"ALTER TABLE {table} DROP CONSTRAINT {constraint}")
     op.execute(FORGET_COUNTS)
+    for function in (CLEAN_QUEUE, DELETE_JOB, PURGE_FINISHED):
+        op.execute(function)
     for function in HOT_FUNCTIONS:
         op.execute(f"ALTER FUNCTION {function} SET enable_seqscan = off")
         op.execute(f"ALTER FUNCTION {function} SET enable_hashjoin = off")
@@ -182,6 +365,8 @@ def downgrade() -> None:
         for function in HOT_FUNCTIONS:
             op.execute(f"ALTER FUNCTION {function} RESET {setting}")
     op.execute(FORGET_COUNTS_0013)
+    for function in (CLEAN_QUEUE_0013, DELETE_JOB_0013, PURGE_FINISHED_0013):
+        op.execute(function)
     for table, constraint, column, parent in FOREIGN_KEYS:
         op.execute(f"ALTER TABLE {table} ADD CONSTRAINT {constraint} FOREIGN KEY ({column}) "
                    f"REFERENCES {parent}(id) ON DELETE CASCADE")
