@@ -21,7 +21,8 @@ now sums them:
 - Its run-time and queue-wait histograms are the reports' (docs/reporting.md): run time of
   attempts that ended succeeded, failed or for a retry; wait of first attempts.
 
-The trigger on job_events keeps its notification and webhooks. Counts in the new columns start
+The trigger on job_events keeps its notification and webhooks. jobq_stats_bucket computes in
+double precision instead of numeric (about 20 us a call less, at every claim and finish). Counts in the new columns start
 at zero at this revision; the job_counters totals are dropped with the table (a counter reset,
 which Prometheus's rate() and increase() allow for).
 
@@ -482,6 +483,36 @@ BEGIN
     END IF;
     RETURN NULL;
 END;
+$function$;
+"""
+
+STATS_BUCKET = r"""
+CREATE OR REPLACE FUNCTION public.jobq_stats_bucket(p_ms double precision)
+ RETURNS smallint
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    -- Histogram bucket of a duration: 0 below 1 ms, then four buckets per doubling (bucket b
+    -- holds [2^((b-1)/4), 2^(b/4)) ms), so a percentile read from it is within 19 %. In double
+    -- precision (numeric's log took about 20 us a call, at every claim and finish): exact at
+    -- the powers of two, /metrics' bounds; like numeric's from a double, it may put a value
+    -- within a rounding error of another edge in the next bucket.
+    SELECT CASE WHEN p_ms < 1 THEN 0
+                ELSE least(1 + floor(4 * ln(p_ms) / ln(2::double precision)), 32000)::smallint
+           END
+$function$;
+"""
+
+STATS_BUCKET_0015 = r"""
+CREATE OR REPLACE FUNCTION public.jobq_stats_bucket(p_ms double precision)
+ RETURNS smallint
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    -- Histogram bucket of a duration: 0 below 1 ms, then four buckets per doubling (bucket b
+    -- holds [2^((b-1)/4), 2^(b/4)) ms), so a percentile read from it is within 19 %.
+    SELECT CASE WHEN p_ms < 1 THEN 0
+                ELSE least(1 + floor(4 * log(2, p_ms::numeric)), 32000)::smallint END
 $function$;
 """
 
@@ -995,7 +1026,7 @@ def upgrade() -> None:
     op.execute(NEW_COLUMNS)
     op.execute(SUM_COLUMN)
     for function in (COUNT_CHANGES, CLAIM_JOBS, FINISH_ATTEMPTS, JOB_EVENTS_INSERTED,
-                     METRIC_BUCKETS):
+                     METRIC_BUCKETS, STATS_BUCKET):
         op.execute(function)
     op.execute("DROP FUNCTION jobq_fold_counters()")
     op.execute("DROP TABLE job_counters")
@@ -1004,8 +1035,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute(JOB_COUNTERS_0015)
     op.execute(FOLD_COUNTERS_0015)
-    for function in (METRIC_BUCKETS_0015, JOB_EVENTS_INSERTED_0015, FINISH_ATTEMPTS_0015,
-                     CLAIM_JOBS_0015, COUNT_CHANGES_0015):
+    for function in (STATS_BUCKET_0015, METRIC_BUCKETS_0015, JOB_EVENTS_INSERTED_0015,
+                     FINISH_ATTEMPTS_0015, CLAIM_JOBS_0015, COUNT_CHANGES_0015):
         op.execute(function)
     op.execute("ALTER TABLE job_stats_histograms DROP COLUMN sum_ms")
     op.execute("ALTER TABLE job_stats_daily DROP COLUMN started, DROP COLUMN requeued, "
