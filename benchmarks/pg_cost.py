@@ -121,13 +121,16 @@ async def main() -> None:
     parser.add_argument("--statements", type=int, default=25, help="top statements listed")
     parser.add_argument("--analyze", action="store_true",
                         help="VACUUM ANALYZE once the jobs are queued")
+    parser.add_argument("--plans", type=int, metavar="BATCHES",
+                        help="instead: VACUUM ANALYZE the empty tables, then on one session "
+                             "submit, claim and finish BATCHES batches of 100, timing each")
     args = parser.parse_args()
 
     name = f"jobq_cost_{uuid.uuid4().hex[:10]}"
     url = await admin.ensure_database(args.server_url, name)
     try:
         await asyncio.to_thread(migrate.upgrade, url)
-        await run(args, url)
+        await (plans(args, url) if args.plans else run(args, url))
     finally:
         await admin.drop_database(args.server_url, name)
 
@@ -199,6 +202,36 @@ async def run(args: argparse.Namespace, url: str) -> None:
             await statements(conn, args)
     finally:
         await conn.close()
+
+
+async def plans(args: argparse.Namespace, url: str) -> None:
+    """Issue 17's plan that went bad: statistics taken while the tables were empty, then one
+    session (as a pooled connection) works in batches of 100 while the tables grow."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("VACUUM ANALYZE")
+        worker_id = await conn.fetchval("SELECT procrastinate_register_worker_v1()")
+        times: list[tuple[float, float, float]] = []
+        for _ in range(args.plans):
+            t0 = time.perf_counter()
+            async with conn.transaction():
+                await jobs.enqueue(conn, [NOOP] * 100)
+            t1 = time.perf_counter()
+            ids = [r["attempt_id"] for r in await conn.fetch(
+                "SELECT attempt_id FROM jobq_claim_jobs(NULL, $1, 'plans', 100)", worker_id)]
+            t2 = time.perf_counter()
+            await conn.fetch("SELECT * FROM jobq_finish_attempts($1, $2, $3, $4, $5)", ids,
+                             ["succeeded"] * len(ids), ["null"] * len(ids), [None] * len(ids),
+                             [None] * len(ids))
+            t3 = time.perf_counter()
+            times.append((t1 - t0, t2 - t1, t3 - t2))
+    finally:
+        await conn.close()
+    print("batches of 100 after VACUUM ANALYZE of empty tables (ms): submit / claim / finish")
+    for number in sorted({1, 2, args.plans // 4, args.plans // 2, args.plans}):
+        if number >= 1:
+            submit, claim, finish = (t * 1000 for t in times[number - 1])
+            print(f"  batch {number:5}: {submit:7.1f} / {claim:7.1f} / {finish:7.1f}")
 
 
 def report(args: argparse.Namespace, seconds: float, cpu: ServerCpu, commit_count: int,
