@@ -10,11 +10,14 @@ that it also lists the statements (nested ones too) that took the server's time:
 
 It makes a database, migrates it, queues N no-op jobs, starts real `jobq worker` processes
 held on a lock until all registered, then lets them drain the queue. `--analyze`: `VACUUM
-ANALYZE` once the jobs are queued, as autovacuum does to a table that grew. CPU is the user + system
-time of every process of the server (backends and background processes) from the release to
-the moment the queue is empty. Rows are pg_stat_user_tables' inserts, updates and deletes over
-the same span (plus the workers' idle heartbeats for the 11 s their sessions take to send
-their statistics).
+ANALYZE` once the jobs are queued, as autovacuum does to a table that grew. CPU is the user +
+system time of every process of the server (backends and background processes) from the
+release to the moment the queue is empty. Rows are pg_stat_user_tables' inserts, updates and
+deletes over the same span (plus the workers' idle heartbeats for the 11 s their sessions take
+to send their statistics).
+
+`--plans N` measures something else: issue 17's plan that went bad. `VACUUM ANALYZE` of the
+empty tables, then one session submits, claims and finishes N batches of 100, each timed.
 """
 
 from __future__ import annotations
