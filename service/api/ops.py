@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import msgspec
-from litestar import Controller, Response, get, patch, post
+from litestar import Controller, Response, get, patch, post, route
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
@@ -83,13 +83,15 @@ async def recover_stalled(
     return await maintenance.recover_stalled(backend, settings.stall_timeout.total_seconds())
 
 
-@get("/health", tags=["operations"], summary="The process is alive")
+# HEAD as well as GET: some load balancers and probes ask with HEAD.
+@route("/health", http_method=["GET", "HEAD"], tags=["operations"],
+       summary="The process is alive")
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/ready", tags=["operations"],
-     summary="The database is reachable and at this code's schema (or a later one)")
+@route("/ready", http_method=["GET", "HEAD"], tags=["operations"],
+       summary="The database is reachable and at this code's schema (or a later one)")
 async def ready(backend: NamedDependency[Backend]) -> Response[dict[str, Any]]:
     # The answer is in words: never the driver's message, which can carry SQL and parameters.
     try:

@@ -300,3 +300,6 @@ async def test_serve_started_before_postgresql_listens_at_once_alive_but_not_rea
         assert api.process.poll() is None, "it waits for the database, it does not exit"
         response = await client.post(f"{api.url}/api/v1/jobs", json=BODY)
         assert response.status_code == 201, response.text
+        # The API itself answers a probe's HEAD too, as the stand-in did.
+        for path in ("/health", "/ready"):
+            assert (await client.head(f"{api.url}{path}")).status_code == 200, path
