@@ -44,7 +44,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 def _v2_errors(exc: Exception) -> Response:
     if isinstance(exc, errors.NotFound):
         return _error(HTTP_404_NOT_FOUND, "Job not found")
-    if isinstance(exc, errors.FileTooLarge):
+    if isinstance(exc, errors.FileTooLarge | errors.TooLarge):
         return _error(HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(exc))
     if isinstance(exc, errors.DatabaseUnavailable):
         return _error(HTTP_503_SERVICE_UNAVAILABLE, "Service unavailable, retry shortly",
@@ -121,12 +121,11 @@ async def _conversion(backend: Backend, job_id: str) -> dict[str, Any]:
 async def convert(
     request: Request, backend: NamedDependency[Backend], settings: NamedDependency[Settings]
 ) -> dict[str, str]:
-    conversion_routes.check_length(request, settings)
-    uploads, fields = await conversion_routes.read_form(request, settings)
-    options = v2_job_options(fields)
-    job, _ = await conversions.submit_conversion(
-        backend, uploads, fields.get("format") or "glb", {}, settings.max_upload_bytes,
-        job=options)
+    async with await conversion_routes.read_form(request, settings) as form:
+        options = v2_job_options(form.fields)
+        job, _ = await conversions.submit_conversion(
+            backend, conversion_routes.uploads(form), form.fields.get("format") or "glb", {},
+            settings.max_upload_bytes, job=options)
     job_id = str(job["id"])
     return {"message": "Conversion job submitted", "jobId": job_id,
             "statusUrl": f"{V2}/status/{job_id}"}

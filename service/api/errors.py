@@ -74,8 +74,10 @@ def _service_error(_: Request, exc: errors.ServiceError) -> Response:
         return problem(HTTP_404_NOT_FOUND, str(exc))
     if isinstance(exc, errors.InvalidRequest):
         return problem(HTTP_422_UNPROCESSABLE_ENTITY, str(exc), exc.fields)
-    if isinstance(exc, errors.FileTooLarge):
+    if isinstance(exc, errors.FileTooLarge | errors.TooLarge):
         return problem(HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(exc))
+    if isinstance(exc, errors.Malformed):
+        return problem(HTTP_400_BAD_REQUEST, str(exc))
     if isinstance(exc, errors.Conflict):
         return problem(HTTP_409_CONFLICT, str(exc))
     if isinstance(exc, errors.DatabaseUnavailable):
