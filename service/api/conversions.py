@@ -12,7 +12,8 @@ from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service import conversions, errors
-from service.api import forms, schemas
+from service.api import forms, schemas, shapes
+from service.api.openapi import answers
 from service.backend import Backend
 from service.domain import formats, limits
 from service.settings import Settings
@@ -73,7 +74,9 @@ FORM_FIELDS = {"format", "options", "reuse", "timeout_seconds", *conversions.JOB
       "`delay_seconds` or `run_at`, `key`, `callback_url`, `queue`, `backoff` (JSON object). "
       "Any other field is a 422 naming it. 201 with the job; 200 with the existing job when "
       "`key` names one.",
-      request_max_body_size=None)
+      request_max_body_size=None,
+      responses=answers(shapes.Job, 409, 413, 422, status=201, also={200: shapes.Job}),
+      opt={"form": shapes.CONVERSION_FORM})
 async def create_conversion(
     request: Request, backend: NamedDependency[Backend], settings: NamedDependency[Settings]
 ) -> Response[dict[str, Any]]:
@@ -96,13 +99,17 @@ async def create_conversion(
                     headers={"Location": body["links"]["self"]})
 
 
-@get(f"{schemas.API}/formats", tags=["conversions"], summary="Formats that convert")
+@get(f"{schemas.API}/formats", tags=["conversions"], summary="Formats that convert",
+     responses=answers(shapes.Formats))
 async def list_formats() -> dict[str, list[str]]:
     return {"input": sorted(formats.INPUT_FORMATS), "output": sorted(formats.OUTPUT_FORMATS)}
 
 
 @get(f"{schemas.API}/jobs/{{job_id:str}}/output", tags=["jobs"],
-     summary="Download a job's output file")
+     summary="Download a job's output file",
+     responses=answers(bytes, 404, media_type=formats.OUTPUT_MEDIA[0],
+                       description="The file, as the media type of its format"),
+     opt={"media": {200: formats.OUTPUT_MEDIA[1:]}})
 async def job_output(backend: NamedDependency[Backend], job_id: FromPath[str]) -> Stream:
     info, filename = await conversions.output(backend, schemas.parse_job_id(job_id))
     return Stream(

@@ -11,7 +11,8 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from service import jobs
-from service.api import schemas
+from service.api import schemas, shapes
+from service.api.openapi import answers
 from service.backend import Backend
 from service.domain import jobtypes, requests
 from service.domain.status import Status
@@ -28,6 +29,9 @@ class JobsController(Controller):
     tags = ["jobs"]
 
     @post("/", status_code=HTTP_201_CREATED, summary="Submit a job",
+          description="201 with the new job; 200 with the existing one when `key` or the "
+          "Idempotency-Key names a job submitted before with the same request.",
+          responses=answers(shapes.Job, 409, 413, 422, status=201, also={200: shapes.Job}),
           dto=schemas.StrictJSON[requests.JobRequest], return_dto=None)
     async def submit(
         self,
@@ -44,6 +48,7 @@ class JobsController(Controller):
         )
 
     @post("/batch", status_code=HTTP_201_CREATED, summary="Submit up to 1000 jobs, all or none",
+          responses=answers(shapes.JobIds, 409, 413, 422, status=201),
           dto=schemas.StrictJSON[requests.JobBatch], return_dto=None)
     async def submit_batch(
         self, backend: NamedDependency[Backend], data: JSONBody[requests.JobBatch]
@@ -51,7 +56,7 @@ class JobsController(Controller):
         ids = await jobs.submit_batch(backend, data.jobs)
         return {"ids": [str(i) for i in ids]}
 
-    @get("/", summary="List jobs, newest first")
+    @get("/", summary="List jobs, newest first", responses=answers(shapes.JobPage, 422))
     async def list_jobs(
         self,
         backend: NamedDependency[Backend],
@@ -73,33 +78,38 @@ class JobsController(Controller):
         )
         return {"items": [schemas.job_json(r) for r in items], "next_cursor": next_cursor}
 
-    @get("/by-key/{key:str}", summary="Get the job that holds a client-chosen key")
+    @get("/by-key/{key:str}", summary="Get the job that holds a client-chosen key",
+         responses=answers(shapes.Job, 404, 422))
     async def get_by_key(self, backend: NamedDependency[Backend], key: FromPath[str]) -> dict:
         return schemas.job_json(await jobs.get_job_by_key(backend, key))
 
-    @get("/{job_id:str}", summary="Get a job")
+    @get("/{job_id:str}", summary="Get a job", responses=answers(shapes.Job, 404))
     async def get_job(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
         return schemas.job_json(await jobs.get_job(backend, schemas.parse_job_id(job_id)))
 
-    @get("/{job_id:str}/history", summary="Every attempt and state change, oldest first")
+    @get("/{job_id:str}/history", summary="Every attempt and state change, oldest first",
+         responses=answers(shapes.History, 404))
     async def history(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
         return schemas.history_json(await jobs.job_history(backend, schemas.parse_job_id(job_id)))
 
-    @post("/{job_id:str}/cancel", status_code=HTTP_200_OK, summary="Cancel a job")
+    @post("/{job_id:str}/cancel", status_code=HTTP_200_OK, summary="Cancel a job",
+          responses=answers(shapes.Job, 404, 409))
     async def cancel(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
         return schemas.job_json(await jobs.cancel_job(backend, schemas.parse_job_id(job_id)))
 
     @post("/{job_id:str}/retry", status_code=HTTP_200_OK,
-          summary="Requeue a failed or cancelled job")
+          summary="Requeue a failed or cancelled job", responses=answers(shapes.Job, 404, 409))
     async def retry(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
         return schemas.job_json(await jobs.retry_job(backend, schemas.parse_job_id(job_id)))
 
-    @delete("/{job_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Delete a finished job")
+    @delete("/{job_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Delete a finished job",
+            responses=answers(None, 404, 409))
     async def remove(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> None:
         await jobs.delete_job(backend, schemas.parse_job_id(job_id))
 
 
-@get(f"{schemas.API}/job-types", tags=["jobs"], summary="The job types this API accepts")
+@get(f"{schemas.API}/job-types", tags=["jobs"], summary="The job types this API accepts",
+     responses=answers(shapes.JobTypes))
 async def list_job_types() -> dict[str, Any]:
     """Each declared type with its queue, defaults and payload JSON schema."""
     return {"items": [t.describe() for t in jobtypes.REGISTRY]}
