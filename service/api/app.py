@@ -66,7 +66,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
             "hub": Provide(event_routes.provide_hub, sync_to_thread=False),
         },
         exception_handlers=api_errors.EXCEPTION_HANDLERS,
-        before_request=guards.refuse_nul,
+        before_request=guards.before_request,
         middleware=[DefineMiddleware(guards.BrowserGuard, policy=guards.HostPolicy(settings))],
         # No CORS headers at all unless JOBQ_CORS_ORIGINS names the sites that may call.
         cors_config=CORSConfig(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -10,7 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from service import jobs
+from service import errors, jobs
 from service.api import schemas, shapes
 from service.api.openapi import answers
 from service.backend import Backend
@@ -22,6 +23,28 @@ Idempotency = Annotated[
     HeaderParameter(name="Idempotency-Key", required=False,
                     description="Replays with the same key and body return the first job."),
 ]
+
+
+CreatedTime = Annotated[str | None, QueryParameter(
+    format="date-time", description="An RFC 3339 time, e.g. 2026-01-01T12:00:00Z.")]
+
+
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d{1,6})?([Zz]|[+-]\d\d:\d\d)\Z")
+
+
+def rfc3339(field: str, raw: str | None) -> datetime | None:
+    """A time filter as RFC 3339 text only: Litestar's own conversion also took a number (as
+    seconds since 1970), which the document does not allow (schemathesis, issue 13)."""
+    if raw is None:
+        return None
+    try:
+        if not RFC3339.match(raw):
+            raise ValueError(raw)
+        return datetime.fromisoformat(raw.upper().replace("Z", "+00:00"))
+    except ValueError:
+        raise errors.InvalidRequest(
+            f"{field} must be an RFC 3339 time like 2026-01-01T12:00:00Z, got {raw!r}.",
+            [errors.FieldError(field, "not an RFC 3339 time")]) from None
 
 
 class JobsController(Controller):
@@ -63,8 +86,8 @@ class JobsController(Controller):
         status: FromQuery[Status | None] = None,
         job_type: Annotated[str | None, QueryParameter(name="type")] = None,
         queue: FromQuery[str | None] = None,
-        created_after: FromQuery[datetime | None] = None,
-        created_before: FromQuery[datetime | None] = None,
+        created_after: CreatedTime = None,
+        created_before: CreatedTime = None,
         limit: Annotated[int, QueryParameter(ge=1, le=jobs.MAX_LIST_LIMIT)] = 50,
         cursor: FromQuery[str | None] = None,
         key: FromQuery[str | None] = None,
@@ -72,7 +95,8 @@ class JobsController(Controller):
         items, next_cursor = await jobs.list_jobs(
             backend,
             jobs.JobFilter(status=status, type=job_type, queue=queue, key=key,
-                           created_after=created_after, created_before=created_before),
+                           created_after=rfc3339("created_after", created_after),
+                           created_before=rfc3339("created_before", created_before)),
             limit=limit,
             cursor=cursor,
         )
