@@ -67,6 +67,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
         },
         exception_handlers=api_errors.EXCEPTION_HANDLERS,
         before_request=guards.before_request,
+        # Litestar answers an unknown /schema/... path with an HTML page: problem+json here.
+        after_request=api_errors.html_errors_as_problems,
         middleware=[DefineMiddleware(guards.BrowserGuard, policy=guards.HostPolicy(settings))],
         # No CORS headers at all unless JOBQ_CORS_ORIGINS names the sites that may call.
         cors_config=CORSConfig(
@@ -86,6 +88,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
             description="A job queue that needs nothing but PostgreSQL.",
             path="/schema",
             render_plugins=[SwaggerRenderPlugin()],
+
         ),
     )
     return app

@@ -132,6 +132,18 @@ def _http_error(_: Request, exc: HTTPException) -> Response:
     return problem(exc.status_code, str(exc.detail), headers=headers or None)
 
 
+async def html_errors_as_problems(response: Response) -> Response:
+    """An error page a framework route answers itself (Litestar's OpenAPI router answers an
+    unknown `/schema/...` path with an HTML 404) as problem+json, like every other error."""
+    status = getattr(response, "status_code", None)  # None: a file or stream to send as it is
+    media = getattr(response, "media_type", None)
+    media = getattr(media, "value", media)  # an enum or a str
+    if isinstance(status, int) and status >= 400 and str(media).startswith("text/html"):
+        return problem(status, "No such resource." if status == 404
+                       else _TITLES.get(status, "Error") + ".")
+    return response
+
+
 def _unexpected(_: Request, exc: Exception) -> Response:
     logger.exception("unhandled error", exc_info=exc)
     return problem(HTTP_500_INTERNAL_SERVER_ERROR, "An unexpected error occurred.")
