@@ -354,3 +354,19 @@ async def test_methods_no_route_has_are_405_problems(client):
         response = await client.request(method, "/api/v1/formats")
         assert response.status_code == 405
         assert response.headers["content-type"].startswith(PROBLEM)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("cron", "0 0 31 2 *"),  # valid, but names no date: croniter raised on every read (500)
+    ("cron", "0 0 30 2 *"),
+    ("timezone", "a" * 5000),  # looked up as a file: "File name too long" (500)
+    ("timezone", "Europe/" + "x" * 300),
+    ("timezone", "../../etc/passwd"),
+])
+async def test_schedules_that_could_never_run_are_422(client, field, value):
+    body = {"name": "s", "job": SLEEP, "cron": "*/5 * * * *", field: value}
+    response = await client.post("/api/v1/schedules", json=body)
+    assert_problem(response, 422, field=field)
+    assert (await client.get("/api/v1/schedules")).json()["items"] == []
+    assert (await client.put("/api/v1/schedules/s", json={
+        k: v for k, v in body.items() if k != "name"})).status_code == 422
