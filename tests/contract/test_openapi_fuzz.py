@@ -23,7 +23,7 @@ from service.api.app import create_app
 from service.settings import Settings
 from tests.support import free_port
 
-EXAMPLES = int(os.environ.get("JOBQ_FUZZ_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
 """Examples per operation: the whole run stays within a few minutes."""
 
 
