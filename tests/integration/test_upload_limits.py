@@ -216,7 +216,7 @@ async def test_uploads_never_take_the_whole_pool(database_url: str, backend: Bac
             assert small.engine.pool.checkedout() == 0
             started = time.monotonic()
             assert (await client.get("/api/v1/jobs")).status_code == 200
-            assert time.monotonic() - started < 2
+            assert time.monotonic() - started < 5  # the pool waits 10 s before a 503
 
             # 2. writes that take long hold at most a quarter of the pool
             transaction = blocker.transaction()
@@ -228,7 +228,7 @@ async def test_uploads_never_take_the_whole_pool(database_url: str, backend: Bac
             started = time.monotonic()
             other = await client.get("/api/v1/jobs")
             assert other.status_code == 200, other.text
-            assert time.monotonic() - started < 2
+            assert time.monotonic() - started < 5  # the pool waits 10 s before a 503
             await transaction.rollback()
 
             answers = await asyncio.gather(*slow)
@@ -275,7 +275,9 @@ def test_chunked_upload_over_http_is_refused_while_it_arrives(api, backend):
     sending, long before the 600 MB it would send, and the server's memory stays flat."""
     port, process = api
     rss_before = rss_kb(process.pid)
-    sock = socket.create_connection(("127.0.0.1", port))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    sock.connect(("127.0.0.1", port))
     sent = 0
     try:
         sock.sendall(b"POST /api/v1/conversions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -304,7 +306,9 @@ def test_chunked_upload_over_http_is_refused_while_it_arrives(api, backend):
         sock.close()
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"application/problem+json" in answer
-    assert sent < LIMIT + 1_000_000 + 64 * PIECE, sent
+    # what the server read, plus what the kernel's socket buffers took meanwhile (the
+    # server's receive buffer grows to a few MB): far from the 600 MB
+    assert sent < LIMIT + 1_000_000 + 16_000_000, sent
     assert rss_kb(process.pid) - rss_before < 100_000  # less than 100 MB more
     assert process.poll() is None
 
