@@ -98,8 +98,8 @@ async def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
     the framing: `Content-Length` is checked first, then the bytes actually received."""
     announced = request.headers.get("content-length")
     if announced and announced.strip().isdigit() and int(announced) > limit:
-        raise errors.TooLarge(f"The request body ({int(announced):,} bytes) is larger than the "
-                           f"limit of {limit:,} bytes.")
+        raise errors.TooLarge(f"The request body ({int(announced):,} bytes) is larger than "
+                              f"the limit of {limit:,} bytes.")
     received = 0
     while True:
         message = await request.receive()
@@ -108,8 +108,8 @@ async def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
         chunk = message.get("body", b"")
         received += len(chunk)
         if received > limit:
-            raise errors.TooLarge(f"The request body is larger than the limit of {limit:,} bytes; "
-                               "it was refused while it arrived.")
+            raise errors.TooLarge(f"The request body is larger than the limit of {limit:,} "
+                                  "bytes; it was refused while it arrived.")
         if chunk:
             yield chunk
         if not message.get("more_body", False):
@@ -158,6 +158,10 @@ async def read_form(request: Request, bounds: Limits) -> Form:
                         # a file under another name: its bytes are counted, not kept
                     elif event is None and part is not None:
                         if spool is None:
+                            if part.name in form.fields:  # never a silent "last one wins"
+                                raise errors.InvalidRequest(
+                                    f"{part.name}: given more than once; send it once.",
+                                    [errors.FieldError(part.name, "given more than once")])
                             form.fields[part.name] = (
                                 _text(part, bytes(text)) if part.filename is None
                                 else f"(a file: {part.filename})")
@@ -165,7 +169,8 @@ async def read_form(request: Request, bounds: Limits) -> Form:
     except ParserLimitReached as exc:
         await form.close()
         raise errors.TooLarge(f"The form is over a limit ({exc}): at most {MAX_PARTS} parts, "
-                           f"each header line at most {MAX_PART_HEADER_BYTES:,} bytes.") from None
+                              f"each header line at most {MAX_PART_HEADER_BYTES:,} bytes.") \
+            from None
     except ParserError as exc:
         await form.close()
         raise errors.Malformed(f"The body is not valid multipart/form-data: {exc}.") from None
@@ -179,7 +184,7 @@ def _check_headers(part: MultipartSegment) -> None:
     _refuse_nul(part.name, part.name)
     _refuse_nul(f"{part.name}.filename", part.filename or "")
     _refuse_nul(f"{part.name}.content_type", part.content_type or "")
-    if part.charset and part.charset.lower() not in CHARSETS:
+    if part.filename is None and part.charset and part.charset.lower() not in CHARSETS:
         raise errors.InvalidRequest(
             f"{part.name}: send form fields as UTF-8, not {part.charset}.",
             [errors.FieldError(part.name, "not UTF-8")])

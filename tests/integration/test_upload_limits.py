@@ -319,3 +319,19 @@ def rss_kb(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+async def test_a_field_given_twice_is_422_not_last_one_wins(small_client, backend):
+    body = Body([FORMAT, (b'Content-Disposition: form-data; name="format"', b"stl"),
+                 file_part(len(OBJ), filename=b"a.obj")])
+    response = await small_client.post("/api/v1/conversions", content=body, headers=Body.headers)
+    problem = assert_problem(response, 422)
+    assert problem["errors"] == [{"field": "format", "message": "given more than once"}]
+    assert await counts(backend) == (0, 0)
+
+
+async def test_a_file_part_may_name_any_charset(small_client, backend):
+    body = Body([FORMAT, (b'Content-Disposition: form-data; name="file"; filename="a.obj"\r\n'
+                          b"Content-Type: text/plain; charset=iso-8859-1", OBJ)])
+    response = await small_client.post("/api/v1/conversions", content=body, headers=Body.headers)
+    assert response.status_code == 201, response.text
