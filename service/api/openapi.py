@@ -57,7 +57,6 @@ GUARDED: dict[int, str] = {}
 401, 403 and 429 here."""
 OPEN = frozenset({"/health", "/ready"})
 
-V2_PREFIX = "/api/v2"
 UNSAFE = ("post", "put", "patch", "delete")
 
 
