@@ -78,13 +78,15 @@ def api(database_url: str, tmp_path_factory) -> Iterator[str]:
 
 
 @schema.exclude(path_regex=STREAMS).parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
+          database=None)
 def test_every_answer_is_documented_and_none_is_5xx(case, api):
     case.call_and_validate(base_url=api, timeout=30, excluded_checks=NOT_CHECKED)
 
 
 @schema.include(path_regex=STREAMS).parametrize()
-@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck),
+          database=None)
 def test_event_streams_answer_as_documented(case, api):
     """Each 200 is read for two seconds (it would go on); its status, media type and events
     are checked like any answer. `queue=true` is taken for a queue named "true": schemathesis
