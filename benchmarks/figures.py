@@ -53,7 +53,7 @@ _DRAIN = [
         *_anchored(f"drain.{variant}.cpu_us_per_job", f"drain: {label}, worker CPU", "µs/job",
                    False),
         *_anchored(f"drain.{variant}.server_cpu_us_per_job",
-                   f"drain: {label}, server CPU (PostgreSQL or Redis)", "µs/job", False),
+                   f"drain: {label}, server CPU", "µs/job", False),
     ]
 ]
 
@@ -87,7 +87,7 @@ _ENQUEUE = [
     *_enqueue("api_bulk100.api_cpu_us_per_job", "POST /jobs/batch of 100, API CPU", "µs/job",
               None),
     *_enqueue("api_bulk100_analyzed.jobs_per_s",
-              "POST /jobs/batch of 100, tables analyzed near-empty", "jobs/s",
+              "POST /jobs/batch of 100, after ANALYZE near-empty", "jobs/s",
               "defer_bulk100.jobs_per_s", "bulk100.jobs_per_s", "bulk100.jobs_per_s"),
     *_enqueue("api_batch.jobs_per_s", "POST /jobs/batch of 1000", "jobs/s",
               "defer_batch.jobs_per_s"),

@@ -101,8 +101,9 @@ def table(figures: dict[str, dict[str, Any]]) -> str:
     """The jobq figures, each beside every anchor's with their ratio (jobq ÷ anchor; `+` where
     jobq is better, `-` where worse, `=` within 2%), or beside the jobq figure it is compared
     with."""
+    width = max(len(f.label) for f in CATALOGUE if f.key in figures) + 1
     columns = "".join(f" {ANCHOR_NAMES[a]:>10} {'ratio':>7}" for a in ANCHORS)
-    header = (f"{'':52} {'unit':>7} {'jobq':>9} {'min-max':>17}{columns}"
+    header = (f"{'':{width}} {'unit':>7} {'jobq':>9} {'min-max':>17}{columns}"
               f"   other comparison")
     lines = [header, "-" * len(header)]
     for f in CATALOGUE:
@@ -111,7 +112,7 @@ def table(figures: dict[str, dict[str, Any]]) -> str:
         row = figures[f.key]
         values = row["repetitions"]
         spread = f"{_num(min(values))}-{_num(max(values))}" if len(values) > 1 else ""
-        line = f"{f.label:52} {f.unit:>7} {_num(row['median']):>9} {spread:>17}"
+        line = f"{f.label:{width}} {f.unit:>7} {_num(row['median']):>9} {spread:>17}"
         for system in ANCHORS:
             anchor = row["anchors"].get(system)
             if anchor is None:

@@ -1,6 +1,11 @@
 """The targets of issue 17, each checked against the run's medians: met, not met, or not
 measured by this suite. Every target is a ratio to an anchor measured in the same run, except
-the memory ones, which are absolute."""
+the memory ones, which are absolute.
+
+"No feature pays on the hot path" needs a build without the features to compare with, which
+one run of one checkout cannot measure; the policies benchmark gives the drain with queue
+limits in use beside the drain without.
+"""
 
 from __future__ import annotations
 
@@ -62,8 +67,8 @@ def verdicts(figures: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     found = []
     for target in TARGETS:
         row: dict[str, Any] = {"target": target.text, "figure": target.jobq,
-                               "anchor_figure": target.anchor, "jobq": None, "anchor": None,
-                               "limit": None, "met": None}
+                               "anchor_figure": target.anchor, "at_least": target.at_least,
+                               "jobq": None, "anchor": None, "limit": None, "met": None}
         if target.jobq is not None and target.jobq in figures and (
                 target.anchor is None or target.anchor in figures):
             value = figures[target.jobq]["median"]
@@ -76,15 +81,17 @@ def verdicts(figures: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    header = f"{'target (issue 17)':82} {'jobq':>9} {'limit':>9}  verdict"
+    width = max(len(row["target"]) for row in rows) + 1
+    header = f"{'target (issue 17)':{width}} {'jobq':>9} {'needs':>11}  verdict"
     lines = [header, "-" * len(header)]
     for row in rows:
         if row["met"] is None:
             verdict = ("not measured by this suite" if row["figure"] is None
                        else "not measured in this run")
-            lines.append(f"{row['target']:82} {'':>9} {'':>9}  {verdict}")
+            lines.append(f"{row['target']:{width}} {'':>9} {'':>11}  {verdict}")
             continue
-        lines.append(f"{row['target']:82} {_num(row['jobq']):>9} {_num(row['limit']):>9}  "
+        needs = f"{'≥' if row['at_least'] else '≤'} {_num(row['limit'])}"
+        lines.append(f"{row['target']:{width}} {_num(row['jobq']):>9} {needs:>11}  "
                      f"{'MET' if row['met'] else 'NOT MET'}")
     return "\n".join(lines)
 

@@ -9,7 +9,8 @@
 //                                                prints STOPPED with the latencies it saw
 //
 // Redis is on 127.0.0.1:$BULLMQ_REDIS_PORT (the benchmark starts its own redis-server).
-// Times are Unix seconds from Date.now(), the clock the benchmark's Python side reads too.
+// Times are Unix seconds with sub-millisecond digits (performance.timeOrigin + now(): Date.now()
+// has whole milliseconds), the clock the benchmark's Python side reads too.
 'use strict';
 
 const readline = require('node:readline');
@@ -26,7 +27,7 @@ function connection() {
   return { host: '127.0.0.1', port, maxRetriesPerRequest: null };
 }
 
-const seconds = () => Date.now() / 1000;
+const seconds = () => (performance.timeOrigin + performance.now()) / 1000;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function addInBatches(queue, count, batch) {
