@@ -10,7 +10,7 @@ directory. Every benchmark runs once per repetition, the benchmarks interleaved 
 the anchors: stock Procrastinate, PgQueuer and BullMQ, each driven through its own library;
 then the next), each on emptied tables; the table shows medians and every jobq figure as a
 ratio to each anchor's, then whether each of the targets of issue 17 is met. A measurement,
-never a test: it asserts nothing about speed. Run `full` on a quiet machine: about 30 minutes.
+never a test: it asserts nothing about speed. Run `full` on a quiet machine: about 40 minutes.
 """
 
 from __future__ import annotations

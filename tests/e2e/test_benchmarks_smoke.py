@@ -20,7 +20,7 @@ from benchmarks.context import PROJECT_ROOT
 pytestmark = pytest.mark.slow
 
 TIMEOUT = 600
-"""Seconds: far above the ~40 s the smoke size takes, since others may load the machine."""
+"""Seconds: far above the ~2 min the smoke size takes, since others may load the machine."""
 
 
 def run_smoke(out: Path) -> subprocess.CompletedProcess[str]:
