@@ -1,7 +1,7 @@
 # jobq: one image for the API (`serve`, the default), the worker (`worker`) and the one-shot
 # migration (`migrate`). It needs DATABASE_URL: the embedded PostgreSQL (extra `embedded`) is
-# left out. Two stages: the first builds a virtualenv, the second gets the virtualenv and the
-# code, runs as an unprivileged user and checks its own health with `jobq health`.
+# left out. Two stages: the first installs jobq into a virtualenv, the second gets only the
+# virtualenv, runs as an unprivileged user and checks its own health with `jobq health`.
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -13,16 +13,16 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && /opt/venv/bin/pip install -r /tmp/requirements.txt
 COPY service ./service
 COPY workers ./workers
+COPY jobq ./jobq
 COPY migrations ./migrations
-# Editable: `jobq migrate` finds migrations/ and pyproject.toml beside the code, in /app.
-RUN /opt/venv/bin/pip install --no-deps --editable . \
-    && /opt/venv/bin/python -m compileall -q service workers migrations
+# A plain install: the code, the dashboard and the migrations (as service.db.migrations, see
+# pyproject.toml) all go into the virtualenv, compiled, so the next stage needs nothing else.
+RUN /opt/venv/bin/pip install --no-deps .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin jobq
 COPY --from=build /opt/venv /opt/venv
-COPY --from=build /app /app
 WORKDIR /app
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

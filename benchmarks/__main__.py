@@ -7,9 +7,10 @@
 Against the PostgreSQL server of --database-url (or DATABASE_URL) it creates, migrates and
 finally drops a database of its own; without one it starts an embedded server in a temporary
 directory. Every benchmark runs once per repetition, the benchmarks interleaved (jobq, then
-stock Procrastinate, then the next), each on emptied tables; the table shows medians and
-every jobq figure as a ratio to stock Procrastinate's. A measurement, never a test: it
-asserts nothing about speed. Run `full` on a quiet machine: it takes about 20 minutes.
+the anchors: stock Procrastinate, PgQueuer and BullMQ, each driven through its own library;
+then the next), each on emptied tables; the table shows medians and every jobq figure as a
+ratio to each anchor's, then whether each of the targets of issue 17 is met. A measurement,
+never a test: it asserts nothing about speed. Run `full` on a quiet machine: about 40 minutes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks import (
+    anchor_bullmq,
+    anchor_pgqueuer,
     conversion,
     database,
     drain,
@@ -36,9 +39,11 @@ from benchmarks import (
     scale,
     stock,
     streams,
+    targets,
 )
 from benchmarks.context import SIZES, Case, Context, Size
 from service.backend import Backend
+from service.db import admin
 
 
 def cases(only: list[str] | None = None) -> list[Case]:
@@ -74,25 +79,38 @@ async def run(size: Size, server_url: str | None, out: Path | None, repetitions:
     scratch = Path(tempfile.mkdtemp(prefix="jobq-bench-"))
     try:
         (scratch / "logs").mkdir()
-        async with database.bench_database(server_url, scratch) as url:
+        async with database.bench_database(server_url, scratch) as (url, server):
             backend = await Backend.open(url)
             stock_app = stock.make_app(url)
             await stock_app.open_async()
+            ctx = Context(size, url, backend, stock_app, log_dir=scratch / "logs",
+                          postmaster_pid=await database.postmaster_pid(backend))
             try:
-                ctx = Context(size, url, backend, stock_app, log_dir=scratch / "logs")
+                ctx.pgqueuer = await anchor_pgqueuer.PgQueuerAnchor.open(
+                    server, admin.database_name(url))
+                ctx.bullmq = await anchor_bullmq.BullMQ.start(ctx, scratch)
                 env = await report.environment(ctx, server_url is None, repetitions)
                 _say(f"jobq benchmarks, size {size.name}, {repetitions} repetition(s), "
-                     f"PostgreSQL {env['versions']['postgresql']}")
+                     f"PostgreSQL {env['versions']['postgresql']}, "
+                     f"anchors: PgQueuer {env['versions']['pgqueuer']}, "
+                     f"BullMQ {env['versions']['bullmq']}")
                 samples = await measure(ctx, repetitions, only)
             finally:
+                if ctx.bullmq is not None:
+                    await ctx.bullmq.close()
+                if ctx.pgqueuer is not None:
+                    await ctx.pgqueuer.close()
                 await stock_app.close_async()
                 await backend.close()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     figures = report.results(samples, partial=bool(only))
+    verdicts = targets.verdicts(figures)
     print(report.table(figures))
+    print()
+    print(targets.table(verdicts))
     if out is not None:
-        report.write_json(out, env, figures)
+        report.write_json(out, env, figures, verdicts)
         _say(f"results written to {out}")
 
 

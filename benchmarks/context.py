@@ -6,16 +6,25 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import procrastinate
 
 from service.backend import Backend
+
+if TYPE_CHECKING:
+    from benchmarks.anchor_bullmq import BullMQ
+    from benchmarks.anchor_pgqueuer import PgQueuerAnchor
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 BATCH = 1000
 """Jobs per batch: `POST /api/v1/jobs/batch`, `jobs.enqueue` and `batch_defer_async` alike
 (the API's maximum)."""
+
+BULK = 100
+"""Jobs per call in the bulk-enqueue comparison with the anchors (the issue's batches of 100):
+`POST /api/v1/jobs/batch`, `batch_defer_async`, PgQueuer's list `enqueue`, BullMQ's `addBulk`."""
 
 CLIENTS = 32
 """Concurrent HTTP clients (and concurrent stock deferrers) in the concurrent enqueue test."""
@@ -59,6 +68,22 @@ SIZES = {
 }
 
 
+START_TIMEOUT = 60.0
+"""Seconds a started worker may take to be ready."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A drain's shape: worker processes and the concurrency of each."""
+
+    key: str
+    processes: int
+    concurrency: int
+
+
+VARIANTS = (Variant("c1", 1, 1), Variant("c10", 1, 10), Variant("2x10", 2, 10))
+
+
 @dataclass
 class Context:
     """One run's database and clients, shared by every benchmark."""
@@ -71,6 +96,12 @@ class Context:
     """Procrastinate on its own psycopg connector, for the baseline's deferrals."""
     log_dir: Path
     """Where started processes write their output."""
+    postmaster_pid: int
+    """The PostgreSQL server's main process: its CPU and its children's is the server's."""
+    pgqueuer: PgQueuerAnchor = None  # type: ignore[assignment]
+    """PgQueuer's database on the same server (set once the run has made it)."""
+    bullmq: BullMQ = None  # type: ignore[assignment]
+    """Our own redis-server and BullMQ's control process (set once started)."""
 
     def child_env(self) -> dict[str, str]:
         """The environment of the processes a benchmark starts: ours, on the run's database."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 
+from benchmarks import processes
 from benchmarks.context import BATCH
 from service import jobs
 from service.backend import Backend
@@ -22,9 +23,11 @@ NOOP = jobs.JobRequest(type=jobtypes.SYSTEM_NOOP.name)
 
 
 @contextlib.asynccontextmanager
-async def bench_database(server_url: str | None, scratch: Path) -> AsyncIterator[str]:
+async def bench_database(server_url: str | None,
+                         scratch: Path) -> AsyncIterator[tuple[str, str]]:
     """A new, migrated database on `server_url`'s server, or on an embedded server started
-    in `scratch`; yields its URL, drops it (and stops the embedded server) afterwards."""
+    in `scratch`; yields its URL and the server's, drops it (and stops the embedded server)
+    afterwards."""
     server = None
     if server_url is None:
         server = EmbeddedPostgres(scratch / "postgres")
@@ -35,7 +38,7 @@ async def bench_database(server_url: str | None, scratch: Path) -> AsyncIterator
         url = await admin.ensure_database(server_url, name)
         try:
             await asyncio.to_thread(migrate.upgrade, url)
-            yield url
+            yield url, server_url
         finally:
             await admin.drop_database(server_url, name)
     finally:
@@ -68,6 +71,19 @@ async def queue_noop_jobs(backend: Backend, count: int) -> None:
 SERVER_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes", "shared_buffers",
                    "work_mem", "max_connections", "wal_level")
 """Server settings the figures depend on, recorded with the results."""
+
+
+async def postmaster_pid(backend: Backend) -> int:
+    """The server's main process, found as the parent of this session's backend: the server
+    must run on this machine, since its CPU is read from /proc."""
+    async with backend.connection() as conn:
+        backend_pid = await conn.fetchval("SELECT pg_backend_pid()")
+    try:
+        return processes.parent_pid(backend_pid)
+    except OSError:
+        raise SystemExit(f"PostgreSQL's backend {backend_pid} is not in this machine's /proc: "
+                         "the benchmarks read the server's CPU there, so run them against a "
+                         "server on this machine (or the embedded one)") from None
 
 
 async def server_version(backend: Backend) -> str:

@@ -5,7 +5,12 @@ register, then their first claim waits on the lock (reads go on, so heartbeats d
 every worker has said it registered, the lock is released: that is the start signal, the same
 moment for all of them, and the clock starts. It stops at the last job's `succeeded` event,
 read from the database's clock. Worker CPU is each process's CPU time from the start signal
-to the end, so start-up (imports, the conversion forkserver) is not counted.
+to the end, so start-up (imports, the conversion forkserver) is not counted. The server's CPU
+over the same window is that of every PostgreSQL process (the postmaster, its backends and
+background processes, from /proc), so it is the server's whole load: run on a quiet server.
+
+The anchors run each variant right after jobq's: stock Procrastinate here, PgQueuer and BullMQ
+in benchmarks/anchor_pgqueuer.py and anchor_bullmq.py.
 """
 
 from __future__ import annotations
@@ -14,37 +19,24 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
-from benchmarks import database, processes, stock, stock_app
-from benchmarks.context import Case, Context, Figures
+from benchmarks import anchor_bullmq, anchor_pgqueuer, database, processes, stock, stock_app
+from benchmarks.context import START_TIMEOUT, VARIANTS, Case, Context, Figures, Variant
 from service.backend import Backend
 
 POLL_SECONDS = 0.2
 """How often the benchmark asks whether the queue is empty; the end time comes from the
 database, so this only delays noticing it."""
 
-START_TIMEOUT = 60.0
-"""Seconds a worker may take to start and register."""
-
-
-@dataclass(frozen=True)
-class Variant:
-    key: str
-    processes: int
-    concurrency: int
-
-
-VARIANTS = (Variant("c1", 1, 1), Variant("c10", 1, 10), Variant("2x10", 2, 10))
-
-
 def cases() -> list[Case]:
-    """jobq and stock, side by side, for each variant."""
+    """jobq and the anchors, side by side, for each variant."""
     return [
         case
         for variant in VARIANTS
         for case in (Case(f"drain jobq {variant.key}", lambda ctx, v=variant: jobq(ctx, v)),
-                     Case(f"drain stock {variant.key}", lambda ctx, v=variant: baseline(ctx, v)))
+                     Case(f"drain stock {variant.key}", lambda ctx, v=variant: baseline(ctx, v)),
+                     anchor_pgqueuer.drain_case(variant),
+                     anchor_bullmq.drain_case(variant))
     ]
 
 
@@ -60,14 +52,16 @@ async def jobq(ctx: Context, variant: Variant) -> Figures:
             for worker in workers:
                 await worker.sighting(processes.JOBQ_REGISTERED, START_TIMEOUT)
             cpu_before = [w.cpu_seconds() for w in workers]
+            server_before = processes.server_cpu_seconds(ctx.postmaster_pid)
             started = await release()
         end = await wait_until_done(ctx.backend, count, workers, must_stay_alive=True,
                                     after=after)
+        server = processes.server_cpu_seconds(ctx.postmaster_pid) - server_before
         cpu = sum(w.cpu_seconds() for w in workers) - sum(cpu_before)
         peak = max(w.memory_mib("VmHWM") for w in workers)
     finally:
         await processes.stop_all(workers)
-    figures = _rates("jobq", variant, count, end - started, cpu)
+    figures = _rates("jobq", variant, count, end - started, cpu, server)
     if variant.key == "c10":
         figures["jobq.memory.worker.peak_rss_mb"] = peak
     return figures
@@ -84,15 +78,17 @@ async def baseline(ctx: Context, variant: Variant) -> Figures:
             for worker in workers:
                 await worker.sighting(stock_app.REGISTERED, START_TIMEOUT)
             cpu_before = [w.cpu_seconds() for w in workers]
+            server_before = processes.server_cpu_seconds(ctx.postmaster_pid)
             started = await release()
         end = await wait_until_done(ctx.backend, count, workers, must_stay_alive=False)
+        server = processes.server_cpu_seconds(ctx.postmaster_pid) - server_before
         # A draining stock worker exits once the queue is empty, so it reports its own usage.
         stopped = [stock_app.parse_usage((await w.sighting(stock_app.STOPPED, START_TIMEOUT))
                                          .line) for w in workers]
     finally:
         await processes.stop_all(workers)
     cpu = sum(s["cpu_s"] for s in stopped) - sum(cpu_before)
-    figures = _rates("stock", variant, count, end - started, cpu)
+    figures = _rates("stock", variant, count, end - started, cpu, server)
     if variant.key == "c10":
         figures["stock.memory.worker.peak_rss_mb"] = stopped[0]["maxrss_kib"] / 1024
     return figures
@@ -121,10 +117,12 @@ async def _held(backend: Backend) -> AsyncIterator[Callable[[], Awaitable[float]
                 await transaction.rollback()
 
 
-def _rates(system: str, variant: Variant, count: int, seconds: float, cpu: float) -> Figures:
+def _rates(system: str, variant: Variant, count: int, seconds: float, cpu: float,
+           server: float) -> Figures:
     prefix = f"{system}.drain.{variant.key}"
     return {f"{prefix}.jobs_per_s": count / seconds,
-            f"{prefix}.cpu_ms_per_job": cpu / count * 1000}
+            f"{prefix}.cpu_us_per_job": cpu / count * 1e6,
+            f"{prefix}.server_cpu_us_per_job": server / count * 1e6}
 
 
 async def last_queue_id(backend: Backend) -> int:

@@ -5,6 +5,12 @@ Each job's latency is its `started` event minus its `deferred` event in procrast
 both from the database's clock and written the same way for jobq and stock jobs. `deferred`
 carries the start of the enqueueing transaction, so the enqueue itself is part of it. The idle
 worker's memory is read here too, before the first job arrives.
+
+Over HTTP (`latency jobq HTTP`), jobs arrive as `POST /api/v1/jobs` to a real `jobq serve`;
+a job's latency is its `started` event minus the client's clock just before the request (the
+same machine's clock), so the request and the API's work are part of it. The anchors PgQueuer
+and BullMQ (anchor_pgqueuer.py, anchor_bullmq.py) time it the same way: the handler's start
+minus the time just before the enqueue call, carried in the job.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from benchmarks import database, drain, processes, stock, stock_app
+import aiohttp
+
+from benchmarks import anchor_bullmq, anchor_pgqueuer, database, drain, processes, stock, stock_app
 from benchmarks.context import ARRIVAL_RATE, Case, Context, Figures
 from benchmarks.figures import latency_figures
 from service import jobs
@@ -25,7 +33,9 @@ SHARES = (0.5, 0.95, 0.99)
 
 
 def cases() -> list[Case]:
-    return [Case("latency jobq", jobq), Case("latency stock", baseline)]
+    return [Case("latency jobq", jobq), Case("latency jobq HTTP", jobq_http),
+            Case("latency stock", baseline), *anchor_pgqueuer.cases_latency(),
+            *anchor_bullmq.cases_latency()]
 
 
 async def jobq(ctx: Context) -> Figures:
@@ -40,13 +50,52 @@ async def jobq(ctx: Context) -> Figures:
         await worker.sighting(processes.JOBQ_REGISTERED, drain.START_TIMEOUT)
         await asyncio.sleep(processes.IDLE_SETTLE)
         figures = {"jobq.memory.worker.idle_rss_mb": worker.memory_mib("VmRSS"),
-                   "jobq.memory.worker_tree.idle_rss_mb": worker.tree_rss_mib()}
+                   "jobq.memory.worker_tree.idle_rss_mb": worker.tree_rss_mib(),
+                   "jobq.memory.worker_tree.idle_processes":
+                       1 + len(processes.descendants(worker.pid))}
         await _arrive(enqueue_one, ctx.size.latency_jobs)
         await drain.wait_until_done(backend, ctx.size.latency_jobs, [worker],
                                     must_stay_alive=True)
     finally:
         await worker.stop()
     return figures | latency_figures("jobq.latency", await _latencies(ctx), SHARES)
+
+
+async def jobq_http(ctx: Context) -> Figures:
+    port = processes.free_port()
+    api = await processes.jobq_api(ctx, port)
+    worker = await processes.jobq_worker(ctx, CONCURRENCY)
+    sent: dict[str, float] = {}
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as client:
+            await processes.wait_http_ready(client, api)
+            await worker.sighting(processes.JOBQ_REGISTERED, drain.START_TIMEOUT)
+            await asyncio.sleep(processes.IDLE_SETTLE)
+
+            async def post_one() -> None:
+                before = time.time()
+                async with client.post("/api/v1/jobs", json={"type": "system.noop"}) as response:
+                    body = await response.json()
+                    if response.status != 201:
+                        raise RuntimeError(f"POST /api/v1/jobs answered {response.status}: {body}")
+                sent[body["id"]] = before
+
+            await _arrive(post_one, ctx.size.latency_jobs)
+        await drain.wait_until_done(ctx.backend, ctx.size.latency_jobs, [worker],
+                                    must_stay_alive=True)
+    finally:
+        await processes.stop_all([worker, api])
+    async with ctx.backend.connection() as conn:
+        rows = await conn.fetch(
+            """
+            SELECT j.id::text AS id, extract(epoch FROM s.at)::float8 AS started
+            FROM jobs j JOIN procrastinate_events s
+              ON s.job_id = j.queue_job_id AND s.type = 'started'
+            """)
+    if len(rows) != len(sent):
+        raise RuntimeError(f"{len(rows)} start events for {len(sent)} jobs")
+    return latency_figures("jobq.latency_http", [r["started"] - sent[r["id"]] for r in rows],
+                           SHARES)
 
 
 async def baseline(ctx: Context) -> Figures:

@@ -70,7 +70,7 @@ class Child:
             *argv, env=ctx.child_env() | (env or {}), cwd=ctx.log_dir,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=functools.partial(_die_with_parent, os.getpid()))
+            preexec_fn=functools.partial(die_with_parent, os.getpid()))
         return cls(name, process, ctx.log_dir / f"{name}-{process.pid}.log", markers)
 
     async def _read_output(self) -> None:
@@ -229,8 +229,40 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """In the child, before exec: killed when the benchmark dies, so nothing it started outlives
     a crash or a timeout (the embedded PostgreSQL does the same)."""
     if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != parent:
         os._exit(1)
+
+
+def parent_pid(pid: int) -> int:
+    """The parent of `pid`, from /proc/PID/stat."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return int(text[text.rindex(")") + 2:].split()[1])
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a server process and all its children: its own user + system time, that
+    of its children still alive, and that of those it has reaped (cutime + cstime). For
+    PostgreSQL's postmaster this is every backend and background process of the server."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()
+    ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    for child in children(pid):
+        try:
+            ticks += round(cpu_seconds(child) * CLOCK_TICKS)
+        except OSError:
+            pass  # exited meanwhile: counted in cutime once reaped
+    return ticks / CLOCK_TICKS
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of `pid`, from /proc/PID/task/*/children."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found

@@ -17,8 +17,8 @@ from datetime import timedelta
 
 import aiohttp
 
-from benchmarks import database, drain, processes
-from benchmarks.context import Case, Context, Figures
+from benchmarks import database, drain, enqueue, processes
+from benchmarks.context import BATCH, Case, Context, Figures
 from service import retention
 
 QUEUE_GETS = 20
@@ -55,11 +55,13 @@ def cases() -> list[Case]:
 async def run(ctx: Context) -> Figures:
     figures: Figures = {}
     figures["jobq.scale.empty.queues_ms"] = await _queues_ms(ctx)
+    figures["jobq.scale.empty.api_bulk100_jobs_per_s"] = await _bulk_rate(ctx)
     figures["jobq.scale.empty.drain_jobs_per_s"] = await _drain_rate(ctx)
     await database.empty_tables(ctx.backend)
 
     await _fill_history(ctx, ctx.size.history_jobs)
     figures["jobq.scale.history.queues_ms"] = await _queues_ms(ctx)
+    figures["jobq.scale.history.api_bulk100_jobs_per_s"] = await _bulk_rate(ctx)
     figures["jobq.scale.history.drain_jobs_per_s"] = await _drain_rate(ctx)
 
     purge = asyncio.create_task(_timed_purge(ctx))
@@ -72,6 +74,15 @@ async def run(ctx: Context) -> Figures:
         raise RuntimeError(f"the cleanup deleted {purged} of {ctx.size.history_jobs} jobs")
     figures["jobq.scale.purge.jobs_per_s"] = purged / seconds
     return figures
+
+
+async def _bulk_rate(ctx: Context) -> float:
+    """Bulk enqueue over HTTP (enqueue.bulk_over_http); the queued jobs are deleted after, so
+    that the drains that follow have only their own."""
+    rate = await enqueue.bulk_over_http(ctx, ctx.size.batches * BATCH)
+    async with ctx.backend.connection() as conn:
+        await conn.execute("DELETE FROM procrastinate_jobs WHERE status = 'todo'")
+    return rate
 
 
 async def _drain_rate(ctx: Context) -> float:

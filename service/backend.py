@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -24,13 +26,19 @@ class Backend:
     database_url: str
     engine: AsyncEngine
     queue: procrastinate.App
+    bulk_writes: asyncio.Semaphore = dataclasses.field(
+        default_factory=lambda: asyncio.Semaphore(1))
+    """Held around a write that keeps its connection for long (storing an upload's files):
+    at most `bulk_writers(pool_size)` such writes at once, so that however many uploads
+    arrive together, the rest of the pool stays free for every other request (issue 13)."""
 
     @classmethod
     async def open(cls, database_url: str, pool_size: int = Settings.pool_size) -> Backend:
         engine = db_engine.make_engine(database_url, pool_size=pool_size)
         queue = queue_app.make_app(database_url, engine)
         await queue.open_async()
-        return cls(database_url=database_url, engine=engine, queue=queue)
+        return cls(database_url=database_url, engine=engine, queue=queue,
+                   bulk_writes=asyncio.Semaphore(bulk_writers(pool_size)))
 
     async def close(self) -> None:
         await self.queue.close_async()
@@ -48,6 +56,11 @@ class Backend:
         """A pooled asyncpg connection inside a transaction."""
         async with self.connection() as conn, conn.transaction():
             yield conn
+
+
+def bulk_writers(pool_size: int) -> int:
+    """A quarter of the pool (at least one connection) may store uploads at once."""
+    return max(1, pool_size // 4)
 
 
 # -- what counts as "no database right now" -----------------------------------------------------

@@ -9,6 +9,7 @@ import dataclasses
 import importlib.util
 import logging
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -90,9 +91,14 @@ def serve(**flags: Any) -> None:
     """Run the HTTP API against DATABASE_URL."""
     settings = _settings(flags, needs_database="serve")
     assert settings.database_url
-    _require_current_schema(settings.database_url, "serve")
     _load_job_types(settings, "serve", runs_them=False)
-    uvloop.run(_serve(settings))
+    # The schema is checked inside: the port answers /health while the database is awaited.
+    try:
+        uvloop.run(_serve(settings))
+    except StartError as exc:
+        sys.exit(f"jobq serve: {exc}")
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 @cli.command()
@@ -207,6 +213,11 @@ def _require_current_schema(database_url: str, command: str) -> None:
         sys.exit(f"jobq {command}: {exc}")
     except KeyboardInterrupt:
         sys.exit(130)
+    _accept_schema(check, command)
+
+
+def _accept_schema(check: SchemaCheck, command: str) -> None:
+    """Exit with one line naming the fix unless this code can run on the checked schema."""
     if check.problem:
         sys.exit(f"jobq {command}: {check.problem}")
     if check.newer:
@@ -299,11 +310,51 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _http_server(settings: Settings, app: object) -> _Server:
+def _http_server(settings: Settings, app: object, lifespan: str = "on",
+                 log_level: str = "info") -> _Server:
     # httptools parses HTTP; the processes run on uvloop (see main): both measured faster.
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
-                            access_log=False, lifespan="on", http="httptools")
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
+                            access_log=False, lifespan=lifespan, http="httptools")
     return _Server(config)
+
+
+def _listen(settings: Settings) -> socket.socket:
+    """The API's listening socket, bound now (uvicorn would bind it only once it starts)."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    # "::" takes IPv4 too, as uvicorn's own socket did.
+    dualstack = family == socket.AF_INET6 and socket.has_dualstack_ipv6()
+    try:
+        return socket.create_server((settings.host, settings.port), family=family,
+                                    dualstack_ipv6=dualstack)
+    except OSError as exc:
+        raise StartError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
+
+
+_WAITING = ("The database cannot be reached yet: this API process is waiting for it "
+            "and serves requests once it can read the database's schema.")
+
+
+async def _waiting_for_database(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """What `jobq serve` answers while it waits for the database at start: /health says the
+    process is alive (200), everything else, /ready included, 503 problem+json saying why."""
+    import json
+
+    from service.api import errors as api_errors
+
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/health":
+        status, media_type, headers = 200, b"application/json", []
+        body = json.dumps({"status": "ok"}).encode()
+    else:
+        status, media_type = 503, api_errors.PROBLEM.encode()
+        headers = [(b"retry-after", str(api_errors.RETRY_AFTER_SECONDS).encode())]
+        body = json.dumps(api_errors.problem_body(503, _WAITING)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", media_type),
+                            (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body",
+                "body": b"" if scope["method"] == "HEAD" else body})
 
 
 def _on_signals(callback: Callable[[], None]) -> None:
@@ -367,8 +418,24 @@ async def _serve(settings: Settings) -> None:
     from service.api.app import create_app
     from service.api.events import end_streams
 
+    assert settings.database_url
+    # Listen at once: while the database is awaited, a load balancer's probe gets an answer
+    # (/health 200, /ready 503) instead of a refused connection. A stand-in server answers
+    # on a copy of the socket until the schema is checked; the API then takes the socket.
+    # The stand-in logs nothing, so a refused schema is still one line on stderr.
+    listening = _listen(settings)
+    stand_in = _http_server(settings, _waiting_for_database, lifespan="off",
+                            log_level="warning")
+    standing_in = asyncio.create_task(stand_in.serve(sockets=[listening.dup()]))
+    try:
+        check = await _schema_check(settings.database_url)
+    finally:
+        stand_in.should_exit = True
+        await standing_in
+    _accept_schema(check, "serve")
     app = create_app(settings)
     server = _http_server(settings, app)
+    logger.info("jobq serve: API on http://%s:%d", settings.host, settings.port)
 
     def stop() -> None:
         end_streams(app)  # open event streams would hold the HTTP server up
@@ -377,7 +444,7 @@ async def _serve(settings: Settings) -> None:
         server.should_exit = True
 
     _on_signals(stop)
-    await server.serve()
+    await server.serve(sockets=[listening])
 
 
 async def _work(settings: Settings, name: str | None) -> None:

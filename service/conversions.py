@@ -80,7 +80,9 @@ async def submit_conversion(
         payload={"format": target, "options": options, "reuse": reuse},
         timeout_seconds=timeout_seconds, **(job or {}))
     store = PostgresFileStore(backend)
-    async with backend.transaction() as conn:
+    # The body has arrived in full (spooled) before this: a connection is held only for the
+    # write, and only by as many uploads at once as the backend allows.
+    async with backend.bulk_writes, backend.transaction() as conn:
         [(job_id, created)] = await jobs.enqueue_keyed(conn, [request], with_files=True)
         if created:
             await _store(conn, store, job_id, uploads, names, max_upload_bytes)

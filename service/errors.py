@@ -56,6 +56,14 @@ class FileTooLarge(ServiceError):
         )
 
 
+class TooLarge(ServiceError):
+    """A request body, or a part or field of it, is over its limit."""
+
+
+class Malformed(ServiceError):
+    """The request body cannot be read at all (not the format its Content-Type says)."""
+
+
 class Conflict(ServiceError):
     """The action is not allowed in the current state of the thing."""
 

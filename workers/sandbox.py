@@ -4,7 +4,8 @@ Children fork from multiprocessing's forkserver, which imports trimesh and the c
 (`preload`) and runs none of the worker's threads or event loop. So each job starts warm in
 milliseconds instead of paying the import (0.4-1.5 s), gets a fresh process that no earlier job
 has dirtied, and a killed child needs no repair: the next job forks a new warm one. The worker
-itself is never forked.
+itself is never forked. The forkserver starts with the first job that needs a child: a worker
+that runs none has no child process and never imports what the children preload.
 
 Each child has an address-space limit (RLIMIT_AS) and kills itself when the worker dies (it
 watches the pipe only the worker reads). The worker's event loop only watches that pipe too,
@@ -84,7 +85,12 @@ class Sandbox:
         self.memory_mb = memory_mb
 
     async def start(self) -> None:
-        """Start the forkserver and its imports now, so the first job does not wait for them."""
+        """Nothing, on purpose: the forkserver starts with the first job that needs a child
+        (that job waits for its imports, 0.4-1.5 s), so a worker that runs none pays nothing.
+        `warm_up` starts it now."""
+
+    async def warm_up(self) -> None:
+        """Start the forkserver and its imports now, so the next job does not wait for them."""
         await self.run(_ready, timeout=120)
 
     async def run(self, func: Callable[..., Any], *args: Any, timeout: float,

@@ -19,7 +19,8 @@ from litestar.status_codes import (
 
 from service import conversions, errors, jobs, queues
 from service.api import conversions as conversion_routes
-from service.api import schemas
+from service.api import schemas, shapes
+from service.api.openapi import answers
 from service.backend import Backend
 from service.domain import jobtypes, requests
 from service.settings import Settings
@@ -44,7 +45,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 def _v2_errors(exc: Exception) -> Response:
     if isinstance(exc, errors.NotFound):
         return _error(HTTP_404_NOT_FOUND, "Job not found")
-    if isinstance(exc, errors.FileTooLarge):
+    if isinstance(exc, errors.FileTooLarge | errors.TooLarge):
         return _error(HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(exc))
     if isinstance(exc, errors.DatabaseUnavailable):
         return _error(HTTP_503_SERVICE_UNAVAILABLE, "Service unavailable, retry shortly",
@@ -117,22 +118,23 @@ async def _conversion(backend: Backend, job_id: str) -> dict[str, Any]:
 @post(f"{V2}/convert", status_code=HTTP_200_OK, tags=["v2 (BullMQ-era)"],
       summary="Upload a mesh (multipart: file, format = glb; BullMQ's priority, attempts, "
       "delay, jobId, backoff)", request_max_body_size=None,
+      responses=answers(shapes.V2Submitted, 413, 503, v2=True), opt={"form": shapes.V2_FORM},
       exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)})
 async def convert(
     request: Request, backend: NamedDependency[Backend], settings: NamedDependency[Settings]
 ) -> dict[str, str]:
-    conversion_routes.check_length(request, settings)
-    uploads, fields = await conversion_routes.read_form(request, settings)
-    options = v2_job_options(fields)
-    job, _ = await conversions.submit_conversion(
-        backend, uploads, fields.get("format") or "glb", {}, settings.max_upload_bytes,
-        job=options)
+    async with await conversion_routes.read_form(request, settings) as form:
+        options = v2_job_options(form.fields)
+        job, _ = await conversions.submit_conversion(
+            backend, conversion_routes.uploads(form), form.fields.get("format") or "glb", {},
+            settings.max_upload_bytes, job=options)
     job_id = str(job["id"])
     return {"message": "Conversion job submitted", "jobId": job_id,
             "statusUrl": f"{V2}/status/{job_id}"}
 
 
 @get(f"{V2}/status/{{job_id:str}}", tags=["v2 (BullMQ-era)"], summary="A job's state",
+     responses=answers(shapes.V2Status, 404, 503, v2=True),
      exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)})
 async def status(backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict[str, Any]:
     job = await _conversion(backend, job_id)
@@ -151,6 +153,7 @@ async def status(backend: NamedDependency[Backend], job_id: FromPath[str]) -> di
 
 
 @get(f"{V2}/queue/stats", tags=["v2 (BullMQ-era)"], summary="Counts of conversion jobs",
+     responses=answers(shapes.V2Stats, 503, v2=True),
      exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)})
 async def stats(backend: NamedDependency[Backend]) -> dict[str, int]:
     counts = {"waiting": 0, "active": 0, "completed": 0, "failed": 0, "delayed": 0}
@@ -164,6 +167,7 @@ async def stats(backend: NamedDependency[Backend]) -> dict[str, int]:
 
 @delete(f"{V2}/jobs/{{job_id:str}}", status_code=HTTP_200_OK, tags=["v2 (BullMQ-era)"],
         summary="Cancel a waiting job, or remove a finished one",
+        responses=answers(shapes.V2Removed, 404, 503, v2=True),
         exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)})
 async def remove(backend: NamedDependency[Backend], job_id: FromPath[str]) -> Response:
     job = await _conversion(backend, job_id)

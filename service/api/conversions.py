@@ -2,59 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service import conversions, errors
-from service.api import guards, schemas
+from service.api import forms, schemas, shapes
+from service.api.openapi import answers
 from service.backend import Backend
 from service.domain import formats, limits
 from service.settings import Settings
 from service.storage import PostgresFileStore
 
-# Upload parts are read in pieces of this size; Litestar has spooled them to disk already.
-READ_SIZE = 1024 * 1024
 # The multipart body may hold the files plus a little form data.
 FORM_OVERHEAD = 1_000_000
 
 
-async def read_form(request: Request, settings: Settings) -> tuple[list[conversions.Upload],
-                                                                    dict[str, str]]:
-    """Upload parts named `file` and the other form fields."""
-    form = await request.form()
-    uploads = []
-    fields: dict[str, str] = {}
-    for key, value in form.multi_items():
-        _refuse_nul(key, key)
-        if isinstance(value, UploadFile):
-            _refuse_nul(f"{key}.filename", value.filename or "")
-            _refuse_nul(f"{key}.content_type", value.content_type or "")
-            if key == "file":
-                uploads.append(conversions.Upload(value.filename or "", value.content_type
-                                                  or "application/octet-stream", _chunks(value)))
-            else:  # a file under another name: reported as an unknown field, never dropped
-                fields[key] = f"(a file: {value.filename})"
-        else:
-            fields[key] = str(value)
-            _refuse_nul(key, fields[key])
-    _check_options(fields.get("options"))
-    return uploads, fields
+async def read_form(request: Request, settings: Settings) -> forms.Form:
+    """The form, read as it arrives with every limit enforced while streaming (see
+    service/api/forms.py); `options` is checked for depth and NUL. Close it when done."""
+    form = await forms.read_form(request, forms.Limits(body_bytes=upload_limit(settings),
+                                                        file_bytes=settings.max_upload_bytes))
+    try:
+        _check_options(form.fields.get("options"))
+    except BaseException:
+        await form.close()
+        raise
+    return form
 
 
-def _refuse_nul(field: str, text: str) -> None:
-    """A part's name, header or value PostgreSQL could not store (issue 13)."""
-    if limits.has_nul(text):
-        field = field.replace("\x00", "") or "form"
-        raise errors.InvalidRequest(f"{field}: {guards.NUL_MESSAGE}.",
-                                    [errors.FieldError(field, guards.NUL_MESSAGE)])
+def uploads(form: forms.Form) -> list[conversions.Upload]:
+    return [conversions.Upload(part.filename, part.content_type, part.chunks())
+            for part in form.files]
 
 
 def _check_options(raw: str | None) -> None:
@@ -71,11 +55,6 @@ def _check_options(raw: str | None) -> None:
     found = limits.json_problem(value, "options")
     if found:
         raise errors.InvalidRequest(f"{found[0]}: {found[1]}.", [errors.FieldError(*found)])
-
-
-async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
-    while chunk := await upload.read(READ_SIZE):
-        yield chunk
 
 
 def upload_limit(settings: Settings) -> int:
@@ -95,41 +74,42 @@ FORM_FIELDS = {"format", "options", "reuse", "timeout_seconds", *conversions.JOB
       "`delay_seconds` or `run_at`, `key`, `callback_url`, `queue`, `backoff` (JSON object). "
       "Any other field is a 422 naming it. 201 with the job; 200 with the existing job when "
       "`key` names one.",
-      request_max_body_size=None)
+      request_max_body_size=None,
+      responses=answers(shapes.Job, 409, 413, 422, status=201, also={200: shapes.Job}),
+      opt={"form": shapes.CONVERSION_FORM})
 async def create_conversion(
     request: Request, backend: NamedDependency[Backend], settings: NamedDependency[Settings]
 ) -> Response[dict[str, Any]]:
-    check_length(request, settings)
-    uploads, fields = await read_form(request, settings)
-    conversions.check_fields(fields, FORM_FIELDS)
-    reuse = fields.get("reuse", "true").strip().lower()
-    if reuse not in ("true", "false"):
-        raise errors.InvalidRequest(f"reuse must be true or false, got {reuse!r}.",
-                                    [errors.FieldError("reuse", "not true or false")])
-    job, created = await conversions.submit_conversion(
-        backend, uploads, fields.get("format"), conversions.parse_options(fields.get("options")),
-        settings.max_upload_bytes, reuse=reuse == "true",
-        timeout_seconds=conversions.parse_seconds(fields.get("timeout_seconds"),
-                                                  "timeout_seconds"),
-        job=conversions.job_options(fields))
+    async with await read_form(request, settings) as form:
+        fields = form.fields
+        conversions.check_fields(fields, FORM_FIELDS)
+        reuse = fields.get("reuse", "true").strip().lower()
+        if reuse not in ("true", "false"):
+            raise errors.InvalidRequest(f"reuse must be true or false, got {reuse!r}.",
+                                        [errors.FieldError("reuse", "not true or false")])
+        job, created = await conversions.submit_conversion(
+            backend, uploads(form), fields.get("format"),
+            conversions.parse_options(fields.get("options")), settings.max_upload_bytes,
+            reuse=reuse == "true",
+            timeout_seconds=conversions.parse_seconds(fields.get("timeout_seconds"),
+                                                      "timeout_seconds"),
+            job=conversions.job_options(fields))
     body = schemas.job_json(job)
     return Response(body, status_code=HTTP_201_CREATED if created else HTTP_200_OK,
                     headers={"Location": body["links"]["self"]})
 
 
-def check_length(request: Request, settings: Settings) -> None:
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > upload_limit(settings):
-        raise errors.FileTooLarge("upload", settings.max_upload_bytes)
-
-
-@get(f"{schemas.API}/formats", tags=["conversions"], summary="Formats that convert")
+@get(f"{schemas.API}/formats", tags=["conversions"], summary="Formats that convert",
+     responses=answers(shapes.Formats))
 async def list_formats() -> dict[str, list[str]]:
     return {"input": sorted(formats.INPUT_FORMATS), "output": sorted(formats.OUTPUT_FORMATS)}
 
 
 @get(f"{schemas.API}/jobs/{{job_id:str}}/output", tags=["jobs"],
-     summary="Download a job's output file")
+     summary="Download a job's output file",
+     responses=answers(bytes, 404, media_type=formats.OUTPUT_MEDIA[0],
+                       description="The file, as the media type of its format"),
+     opt={"media": {200: formats.OUTPUT_MEDIA[1:]}})
 async def job_output(backend: NamedDependency[Backend], job_id: FromPath[str]) -> Stream:
     info, filename = await conversions.output(backend, schemas.parse_job_id(job_id))
     return Stream(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from litestar import Response, get
+from litestar import Response, route
 from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
 
@@ -29,7 +29,8 @@ SECURITY_HEADERS = {
 REVALIDATE = CacheControlHeader(no_cache=True)
 
 
-@get(PATH, include_in_schema=False, cache_control=REVALIDATE)
+# HEAD too (the assets' router answers it already): the server sends HEAD's headers only.
+@route(PATH, http_method=["GET", "HEAD"], include_in_schema=False, cache_control=REVALIDATE)
 async def dashboard_page() -> Response[bytes]:
     """The single page; the part after `#` picks what it shows (#/jobs, #/jobs/<id>, ...)."""
     return Response(

@@ -74,8 +74,10 @@ def _service_error(_: Request, exc: errors.ServiceError) -> Response:
         return problem(HTTP_404_NOT_FOUND, str(exc))
     if isinstance(exc, errors.InvalidRequest):
         return problem(HTTP_422_UNPROCESSABLE_ENTITY, str(exc), exc.fields)
-    if isinstance(exc, errors.FileTooLarge):
+    if isinstance(exc, errors.FileTooLarge | errors.TooLarge):
         return problem(HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(exc))
+    if isinstance(exc, errors.Malformed):
+        return problem(HTTP_400_BAD_REQUEST, str(exc))
     if isinstance(exc, errors.Conflict):
         return problem(HTTP_409_CONFLICT, str(exc))
     if isinstance(exc, errors.DatabaseUnavailable):
@@ -128,6 +130,18 @@ def _http_error(_: Request, exc: HTTPException) -> Response:
         return problem(HTTP_404_NOT_FOUND, str(exc.detail) or "No such resource.")
     headers = dict(exc.headers or {})
     return problem(exc.status_code, str(exc.detail), headers=headers or None)
+
+
+async def html_errors_as_problems(response: Response) -> Response:
+    """An error page a framework route answers itself (Litestar's OpenAPI router answers an
+    unknown `/schema/...` path with an HTML 404) as problem+json, like every other error."""
+    status = getattr(response, "status_code", None)  # None: a file or stream to send as it is
+    media = getattr(response, "media_type", None)
+    media = getattr(media, "value", media)  # an enum or a str
+    if isinstance(status, int) and status >= 400 and str(media).startswith("text/html"):
+        return problem(status, "No such resource." if status == 404
+                       else _TITLES.get(status, "Error") + ".")
+    return response
 
 
 def _unexpected(_: Request, exc: Exception) -> Response:

@@ -16,6 +16,7 @@ import msgspec
 from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
@@ -23,6 +24,7 @@ from litestar.status_codes import HTTP_204_NO_CONTENT
 
 from service import errors, events, jobs
 from service.api import schemas
+from service.api.openapi import answers
 from service.backend import Backend
 from service.domain import jobtypes
 from service.settings import Settings
@@ -58,7 +60,11 @@ def end_streams(app: Litestar) -> None:
      summary="Follow a job: Server-Sent Events until its terminal state",
      description="Events `job` (the whole job: first, and last once it is finished), `status` "
      "and `progress`. A finished job sends its final state at once. Resume with "
-     "`Last-Event-ID`; 204 when the stream has nothing left to send.")
+     "`Last-Event-ID`; 204 when the stream has nothing left to send.",
+     responses={**answers(str, 404, 422, media_type="text/event-stream",
+                          description="Server-Sent Events"),
+                204: ResponseSpec(None, description="Nothing left to send (the job finished "
+                                  "before the event named by Last-Event-ID)")})
 async def job_stream(
     backend: NamedDependency[Backend], hub: NamedDependency[events.EventHub],
     settings: NamedDependency[Settings], job_id: FromPath[str],
@@ -80,7 +86,8 @@ async def job_stream(
      summary="Follow every job: Server-Sent Events, filtered by queue and type",
      description="Events `status` and `progress` of every job (of the given queues and types "
      "only, if any are given; repeat the parameter for several). From now on, or after "
-     "`Last-Event-ID` (at most 10,000 events back; a `gap` event says what was skipped).")
+     "`Last-Event-ID` (at most 10,000 events back; a `gap` event says what was skipped).",
+     responses=answers(str, 422, media_type="text/event-stream", description="Server-Sent Events"))
 async def all_events(
     backend: NamedDependency[Backend], hub: NamedDependency[events.EventHub],
     settings: NamedDependency[Settings],

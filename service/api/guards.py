@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl, urlsplit
 import msgspec
 from litestar import Request, Response
 from litestar.status_codes import (
+    HTTP_204_NO_CONTENT,
     HTTP_400_BAD_REQUEST,
     HTTP_403_FORBIDDEN,
     HTTP_415_UNSUPPORTED_MEDIA_TYPE,
@@ -40,6 +41,27 @@ async def refuse_nul(request: Request) -> Response | None:
         if b"\x00" in value:
             return _refused(HTTP_400_BAD_REQUEST, name.decode("latin-1"))
     return None
+
+
+def allowed_methods(request: Request) -> Response | None:
+    """OPTIONS answered with every method of the path in `Allow`. Litestar 2.25's own answer
+    names only the methods of the first handler registered on a path (its OPTIONS handler
+    keeps the route object from before the others were merged in), so `Allow` contradicted
+    the OpenAPI document (schemathesis, issue 13)."""
+    if request.method != "OPTIONS":
+        return None
+    template = request.scope.get("path_template")
+    methods = {method for route in request.app.routes if route.path_format == template
+               for method in getattr(route, "methods", ())}
+    if not methods:
+        return None
+    return Response(None, status_code=HTTP_204_NO_CONTENT,
+                    headers={"Allow": ", ".join(sorted(methods | {"OPTIONS"}))})
+
+
+async def before_request(request: Request) -> Response | None:
+    """What runs before every handler: NUL refused, OPTIONS answered."""
+    return await refuse_nul(request) or allowed_methods(request)
 
 
 # -- browser origins -----------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -10,8 +11,9 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from service import jobs
-from service.api import schemas
+from service import errors, jobs
+from service.api import schemas, shapes
+from service.api.openapi import answers
 from service.backend import Backend
 from service.domain import jobtypes, requests
 from service.domain.status import Status
@@ -23,11 +25,36 @@ Idempotency = Annotated[
 ]
 
 
+CreatedTime = Annotated[str | None, QueryParameter(
+    format="date-time", description="An RFC 3339 time, e.g. 2026-01-01T12:00:00Z.")]
+
+
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d{1,6})?([Zz]|[+-]\d\d:\d\d)\Z")
+
+
+def rfc3339(field: str, raw: str | None) -> datetime | None:
+    """A time filter as RFC 3339 text only: Litestar's own conversion also took a number (as
+    seconds since 1970), which the document does not allow (schemathesis, issue 13)."""
+    if raw is None:
+        return None
+    try:
+        if not RFC3339.match(raw):
+            raise ValueError(raw)
+        return datetime.fromisoformat(raw.upper().replace("Z", "+00:00"))
+    except ValueError:
+        raise errors.InvalidRequest(
+            f"{field} must be an RFC 3339 time like 2026-01-01T12:00:00Z, got {raw!r}.",
+            [errors.FieldError(field, "not an RFC 3339 time")]) from None
+
+
 class JobsController(Controller):
     path = f"{schemas.API}/jobs"
     tags = ["jobs"]
 
     @post("/", status_code=HTTP_201_CREATED, summary="Submit a job",
+          description="201 with the new job; 200 with the existing one when `key` or the "
+          "Idempotency-Key names a job submitted before with the same request.",
+          responses=answers(shapes.Job, 409, 413, 422, status=201, also={200: shapes.Job}),
           dto=schemas.StrictJSON[requests.JobRequest], return_dto=None)
     async def submit(
         self,
@@ -44,6 +71,7 @@ class JobsController(Controller):
         )
 
     @post("/batch", status_code=HTTP_201_CREATED, summary="Submit up to 1000 jobs, all or none",
+          responses=answers(shapes.JobIds, 409, 413, 422, status=201),
           dto=schemas.StrictJSON[requests.JobBatch], return_dto=None)
     async def submit_batch(
         self, backend: NamedDependency[Backend], data: JSONBody[requests.JobBatch]
@@ -51,15 +79,15 @@ class JobsController(Controller):
         ids = await jobs.submit_batch(backend, data.jobs)
         return {"ids": [str(i) for i in ids]}
 
-    @get("/", summary="List jobs, newest first")
+    @get("/", summary="List jobs, newest first", responses=answers(shapes.JobPage, 422))
     async def list_jobs(
         self,
         backend: NamedDependency[Backend],
         status: FromQuery[Status | None] = None,
         job_type: Annotated[str | None, QueryParameter(name="type")] = None,
         queue: FromQuery[str | None] = None,
-        created_after: FromQuery[datetime | None] = None,
-        created_before: FromQuery[datetime | None] = None,
+        created_after: CreatedTime = None,
+        created_before: CreatedTime = None,
         limit: Annotated[int, QueryParameter(ge=1, le=jobs.MAX_LIST_LIMIT)] = 50,
         cursor: FromQuery[str | None] = None,
         key: FromQuery[str | None] = None,
@@ -67,39 +95,45 @@ class JobsController(Controller):
         items, next_cursor = await jobs.list_jobs(
             backend,
             jobs.JobFilter(status=status, type=job_type, queue=queue, key=key,
-                           created_after=created_after, created_before=created_before),
+                           created_after=rfc3339("created_after", created_after),
+                           created_before=rfc3339("created_before", created_before)),
             limit=limit,
             cursor=cursor,
         )
         return {"items": [schemas.job_json(r) for r in items], "next_cursor": next_cursor}
 
-    @get("/by-key/{key:str}", summary="Get the job that holds a client-chosen key")
+    @get("/by-key/{key:str}", summary="Get the job that holds a client-chosen key",
+         responses=answers(shapes.Job, 404, 422))
     async def get_by_key(self, backend: NamedDependency[Backend], key: FromPath[str]) -> dict:
         return schemas.job_json(await jobs.get_job_by_key(backend, key))
 
-    @get("/{job_id:str}", summary="Get a job")
+    @get("/{job_id:str}", summary="Get a job", responses=answers(shapes.Job, 404))
     async def get_job(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
         return schemas.job_json(await jobs.get_job(backend, schemas.parse_job_id(job_id)))
 
-    @get("/{job_id:str}/history", summary="Every attempt and state change, oldest first")
+    @get("/{job_id:str}/history", summary="Every attempt and state change, oldest first",
+         responses=answers(shapes.History, 404))
     async def history(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
         return schemas.history_json(await jobs.job_history(backend, schemas.parse_job_id(job_id)))
 
-    @post("/{job_id:str}/cancel", status_code=HTTP_200_OK, summary="Cancel a job")
+    @post("/{job_id:str}/cancel", status_code=HTTP_200_OK, summary="Cancel a job",
+          responses=answers(shapes.Job, 404, 409))
     async def cancel(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
         return schemas.job_json(await jobs.cancel_job(backend, schemas.parse_job_id(job_id)))
 
     @post("/{job_id:str}/retry", status_code=HTTP_200_OK,
-          summary="Requeue a failed or cancelled job")
+          summary="Requeue a failed or cancelled job", responses=answers(shapes.Job, 404, 409))
     async def retry(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
         return schemas.job_json(await jobs.retry_job(backend, schemas.parse_job_id(job_id)))
 
-    @delete("/{job_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Delete a finished job")
+    @delete("/{job_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Delete a finished job",
+            responses=answers(None, 404, 409))
     async def remove(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> None:
         await jobs.delete_job(backend, schemas.parse_job_id(job_id))
 
 
-@get(f"{schemas.API}/job-types", tags=["jobs"], summary="The job types this API accepts")
+@get(f"{schemas.API}/job-types", tags=["jobs"], summary="The job types this API accepts",
+     responses=answers(shapes.JobTypes))
 async def list_job_types() -> dict[str, Any]:
     """Each declared type with its queue, defaults and payload JSON schema."""
     return {"items": [t.describe() for t in jobtypes.REGISTRY]}

@@ -6,14 +6,15 @@ import logging
 from typing import Any
 
 import msgspec
-from litestar import Controller, Response, get, patch, post
+from litestar import Controller, Response, get, patch, post, route
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from service import errors, maintenance, queues, retention
 from service.api import errors as api_errors
-from service.api import schemas
+from service.api import schemas, shapes
+from service.api.openapi import answers
 from service.backend import Backend
 from service.db import migrate
 from service.domain import policies
@@ -37,23 +38,27 @@ class QueuesController(Controller):
     path = f"{schemas.API}/queues"
     tags = ["queues"]
 
-    @get("/", summary="Per-queue counts, ages and pause state")
+    @get("/", summary="Per-queue counts, ages and pause state",
+         responses=answers(shapes.Queues))
     async def list_queues(self, backend: NamedDependency[Backend]) -> dict[str, Any]:
         return {"items": await queues.queue_stats(backend)}
 
-    @get("/{name:str}", summary="A queue's settings, counts and ages")
+    @get("/{name:str}", summary="A queue's settings, counts and ages",
+         responses=answers(shapes.Queue, 404, 422))
     async def get_queue(self, backend: NamedDependency[Backend], name: FromPath[str]) -> dict:
         return await queues.get_queue(backend, name)
 
     @patch("/{name:str}", summary="Change a queue's settings (absent: unchanged, null: no limit)",
-           dto=schemas.StrictJSON[policies.QueuePatch], return_dto=None)
+           dto=schemas.StrictJSON[policies.QueuePatch], return_dto=None,
+           responses=answers(shapes.Queue, 413, 422))
     async def update_queue(self, backend: NamedDependency[Backend], name: FromPath[str],
                            data: JSONBody[policies.QueuePatch]) -> dict:
         return await queues.update_queue(backend, name, data)
 
     @post("/{name:str}/clean", status_code=HTTP_200_OK,
           summary="Delete finished jobs of one status older than a given age, oldest first",
-          dto=schemas.StrictJSON[CleanRequest], return_dto=None)
+          dto=schemas.StrictJSON[CleanRequest], return_dto=None,
+          responses=answers(shapes.Deleted, 413, 422))
     async def clean(self, backend: NamedDependency[Backend], name: FromPath[str],
                     data: JSONBody[CleanRequest]) -> dict[str, int]:
         queues.check_name(name)
@@ -61,35 +66,43 @@ class QueuesController(Controller):
                                         data.limit)
         return {"deleted": deleted}
 
-    @post("/{name:str}/pause", status_code=HTTP_200_OK, summary="Stop workers starting jobs")
+    @post("/{name:str}/pause", status_code=HTTP_200_OK, summary="Stop workers starting jobs",
+          responses=answers(shapes.Queue, 422))
     async def pause(self, backend: NamedDependency[Backend], name: FromPath[str]) -> dict:
         return await queues.set_paused(backend, name, True)
 
-    @post("/{name:str}/resume", status_code=HTTP_200_OK, summary="Let workers start jobs again")
+    @post("/{name:str}/resume", status_code=HTTP_200_OK, summary="Let workers start jobs again",
+          responses=answers(shapes.Queue, 422))
     async def resume(self, backend: NamedDependency[Backend], name: FromPath[str]) -> dict:
         return await queues.set_paused(backend, name, False)
 
 
-@get(f"{schemas.API}/workers", tags=["workers"], summary="Live workers")
+@get(f"{schemas.API}/workers", tags=["workers"], summary="Live workers",
+     responses=answers(shapes.Workers))
 async def list_workers(backend: NamedDependency[Backend]) -> dict[str, Any]:
     return {"items": [schemas.worker_json(w) for w in await queues.live_workers(backend)]}
 
 
 @post(f"{schemas.API}/maintenance/recover-stalled", status_code=HTTP_200_OK,
-      tags=["operations"], summary="Requeue the jobs of dead workers now")
+      tags=["operations"], summary="Requeue the jobs of dead workers now",
+      responses=answers(shapes.Recovered))
 async def recover_stalled(
     backend: NamedDependency[Backend], settings: NamedDependency[Settings]
 ) -> dict[str, int]:
     return await maintenance.recover_stalled(backend, settings.stall_timeout.total_seconds())
 
 
-@get("/health", tags=["operations"], summary="The process is alive")
+# HEAD as well as GET: some load balancers and probes ask with HEAD.
+@route("/health", http_method=["GET", "HEAD"], tags=["operations"],
+       summary="The process is alive", responses=answers(shapes.Health))
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/ready", tags=["operations"],
-     summary="The database is reachable and at this code's schema (or a later one)")
+@route("/ready", http_method=["GET", "HEAD"], tags=["operations"],
+       summary="The database is reachable and at this code's schema (or a later one)",
+       description="503 (problem+json) while it is not, saying why in words.",
+       responses=answers(shapes.Ready))
 async def ready(backend: NamedDependency[Backend]) -> Response[dict[str, Any]]:
     # The answer is in words: never the driver's message, which can carry SQL and parameters.
     try:

@@ -9,7 +9,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from service import jobs, webhooks
-from service.api import schemas
+from service.api import schemas, shapes
+from service.api.openapi import answers
 from service.backend import Backend
 
 
@@ -17,7 +18,8 @@ from service.backend import Backend
      summary="Every attempt to deliver the job's webhook, oldest first",
      description="A job with a callback_url gets a signed POST when it finishes (see "
      "docs/events.md). Each attempt: when, where, the status code or error, and its outcome: "
-     "delivered, failed (tried again later) or refused (not allowed, never tried again).")
+     "delivered, failed (tried again later) or refused (not allowed, never tried again).",
+     responses=answers(shapes.Deliveries, 404))
 async def job_deliveries(backend: NamedDependency[Backend],
                          job_id: FromPath[str]) -> dict[str, Any]:
     job = await jobs.get_job(backend, schemas.parse_job_id(job_id))

@@ -136,12 +136,9 @@ def _connect_kwargs(options: ConnectOptions) -> dict[str, Any]:
 
 
 def sqlalchemy_url(database_url: str) -> str:
-    """`postgresql://...` as SQLAlchemy's asyncpg URL. libpq's `sslmode` becomes asyncpg's
-    `ssl` (same values), which SQLAlchemy passes on as is."""
-    url = make_url(database_url)
-    if "sslmode" in url.query:
-        url = url.update_query_dict({"ssl": url.query["sslmode"]}).difference_update_query(
-            ["sslmode"])
+    """`postgresql://...` as SQLAlchemy's asyncpg URL, for its dialect only: the engine's
+    connections are made from the libpq-style URL itself (see make_engine)."""
+    url = make_url(database_url).set(query={})
     return url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
 
 
@@ -159,9 +156,17 @@ def make_engine(database_url: str, pool_size: int = Settings.pool_size, *,
         kwargs.setdefault("max_overflow", 0)
         # Waiting longer for a pooled connection than for a new one makes no sense.
         kwargs.setdefault("pool_timeout", 10)
-    kwargs["connect_args"] = {**_connect_kwargs(options), **kwargs.get("connect_args", {})}
+    connect_args = {**_connect_kwargs(options), **kwargs.pop("connect_args", {})}
+
+    async def connect() -> asyncpg.Connection:
+        # asyncpg reads the URL as libpq does, TLS parameters included (sslmode, sslrootcert,
+        # sslcert, sslkey, sslpassword, sslcrl); SQLAlchemy would pass each query parameter
+        # to asyncpg.connect() as a keyword, which it refuses for all but sslmode.
+        return await asyncpg.connect(url, **connect_args)
+
     engine = create_async_engine(
         sqlalchemy_url(url),
+        async_creator=connect,
         # No ping per checkout (a round trip on the hot path); a dead connection is
         # invalidated when it fails instead, see raw_connection.
         pool_pre_ping=False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,14 +19,36 @@ from alembic.util import CommandError
 from service.db import engine as db_engine
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+"""The checkout's root, for the developer tools that write files there (service/db/schema.py);
+an installed jobq does not need it."""
 
 FIX = "jobq migrate"
 """The command that brings a database's schema up to this code's."""
 
 
+def script_location() -> Path:
+    """The directory of Alembic's scripts (env.py, versions/): the package
+    `service.db.migrations`, which pyproject.toml maps to the checkout's top-level migrations/
+    directory, so a wheel carries it and an editable install finds it in the checkout."""
+    spec = importlib.util.find_spec("service.db.migrations")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    # An editable install made before the mapping existed does not know the package; its
+    # checkout still has the directory. (A wheel's PROJECT_ROOT is no checkout.)
+    checkout = PROJECT_ROOT / "migrations"
+    if (checkout / "env.py").is_file():
+        return checkout
+    raise RuntimeError("jobq's migrations (the package service.db.migrations) are not "
+                       "installed; reinstall jobq")
+
+
 def alembic_config(database_url: str) -> Config:
-    """Alembic's config from pyproject.toml, aimed at `database_url`."""
-    config = Config(toml_file=str(PROJECT_ROOT / "pyproject.toml"))
+    """Alembic's config, built here rather than read from pyproject.toml (which an installed
+    jobq does not have), aimed at `database_url`. The `alembic` command run from a checkout
+    reads pyproject.toml's [tool.alembic] instead; both name the same scripts."""
+    config = Config()
+    # configparser interpolates "%": a path containing one must have it doubled.
+    config.set_main_option("script_location", str(script_location()).replace("%", "%%"))
     config.attributes["database_url"] = database_url
     return config
 

@@ -64,6 +64,8 @@ def _where(flag: str) -> frozenset[str]:
 
 INPUT_FORMATS = _where("reads")
 OUTPUT_FORMATS = _where("writes")
+OUTPUT_MEDIA = sorted({FORMATS[name].content_type for name in OUTPUT_FORMATS})
+"""The media types an output file is sent as (the OpenAPI document lists them)."""
 SCENE_TARGETS = OUTPUT_FORMATS & _where("scene")
 SINGLE_MESH_TARGETS = OUTPUT_FORMATS - SCENE_TARGETS
 POINT_TARGETS = OUTPUT_FORMATS & _where("points")

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from service import errors
 from service.domain import requests
@@ -51,6 +51,21 @@ class ScheduleBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
                         paused=self.paused)
 
 
+MAX_TIMEZONE_NAME = 64
+"""IANA names are far shorter (the longest is 32); a longer one is refused before it is
+looked up as a file (a name of thousands of characters was an OSError, a 500: issue 13)."""
+
+
+def _fires(cron: str) -> bool:
+    """Whether a valid cron expression has a next tick at all (croniter raises for one that
+    names no date, which made every read of the schedule a 500: issue 13)."""
+    try:
+        croniter(cron, datetime.now(UTC)).get_next(datetime)
+    except CroniterError:
+        return False
+    return True
+
+
 def check(schedule: Schedule) -> None:
     """InvalidRequest naming every field that is wrong, the job template's included (it must
     be a request the job type accepts, without run_at or delay_seconds)."""
@@ -68,9 +83,14 @@ def check(schedule: Schedule) -> None:
         problems.append(errors.FieldError(
             "interval_seconds", f"must be between {MIN_INTERVAL_SECONDS:g} and "
                                 f"{MAX_INTERVAL_SECONDS}"))
+    elif schedule.cron is not None and not _fires(schedule.cron):
+        problems.append(errors.FieldError(
+            "cron", "never fires (no such date, e.g. '0 0 31 2 *', the 31st of February)"))
     try:
+        if len(schedule.timezone) > MAX_TIMEZONE_NAME:
+            raise ValueError(schedule.timezone)
         ZoneInfo(schedule.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name the file system
         problems.append(errors.FieldError("timezone", "not an IANA time zone, e.g. Europe/Paris"))
     if schedule.job.run_at is not None or schedule.job.delay_seconds is not None:
         problems.append(errors.FieldError("job", "a schedule's job has no run_at or "

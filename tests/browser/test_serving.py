@@ -59,3 +59,39 @@ def test_the_page_and_its_assets_are_served(service) -> None:
 
     schema = httpx.get(f"{service.url}/schema/openapi.json").json()
     assert not [p for p in schema["paths"] if p.startswith("/dashboard")]
+
+
+def _raw(service_url: str, method: str, path: str) -> tuple[str, dict[str, str], bytes]:
+    """One request on a socket of its own: the status line, the headers and every byte after
+    them until the server closes (HEAD must send none)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(service_url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {address.netloc}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, rest = received.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    return status, headers, rest
+
+
+def test_head_answers_the_page_and_assets_like_get_without_a_body(service) -> None:
+    for path in ["/dashboard", "/dashboard/assets/app.css", "/dashboard/assets/js/main.js"]:
+        get_status, get_headers, body = _raw(service.url, "GET", path)
+        head_status, head_headers, rest = _raw(service.url, "HEAD", path)
+        assert get_status == head_status == "HTTP/1.1 200 OK", (path, head_status)
+        assert rest == b"", path
+        assert head_headers["content-length"] == get_headers["content-length"] == str(len(body))
+        assert head_headers["cache-control"] == get_headers["cache-control"] == "no-cache"
+    # The page's HEAD carries every header of its GET. (Litestar's static files router leaves
+    # Content-Type out of an asset's HEAD answer.)
+    _, get_headers, _ = _raw(service.url, "GET", "/dashboard")
+    _, head_headers, _ = _raw(service.url, "HEAD", "/dashboard")
+    for name in ("content-type", "content-security-policy", "x-content-type-options",
+                 "referrer-policy"):
+        assert head_headers[name] == get_headers[name], name

@@ -306,3 +306,67 @@ async def test_v2_does_not_reach_other_job_types(client, backend):
     # both still there, untouched
     assert (await client.get(f"/api/v1/jobs/{queued['id']}")).json()["status"] == "queued"
     assert (await client.get(f"/api/v1/jobs/{cancelled['id']}")).json()["status"] == "cancelled"
+
+
+# -- found by schemathesis, or by trying what the framework answers itself ----------------------
+
+
+async def test_unknown_schema_paths_are_problem_json(client):
+    # Litestar's OpenAPI router answered these with an HTML page
+    for path in ("/schema/nothing", "/schema/x.yaml"):
+        assert_problem(await client.get(path), 404)
+    assert (await client.get("/schema/openapi.json")).status_code == 200
+
+
+async def test_options_allow_names_every_method_of_the_path(client):
+    # Litestar named only the first handler's methods (GET) on paths that have several
+    for path, methods in [("/api/v1/jobs/x", "DELETE, GET, OPTIONS"),
+                          ("/api/v1/jobs", "GET, OPTIONS, POST"),
+                          ("/api/v1/queues/q", "GET, OPTIONS, PATCH"),
+                          ("/api/v1/schedules/s", "DELETE, GET, OPTIONS, PUT")]:
+        response = await client.options(path)
+        assert response.status_code == 204
+        assert response.headers["allow"] == methods, path
+
+
+@pytest.mark.parametrize("value", ["0.5", "1700000000", "2026-01-01", "2026-01-01T00:00:00",
+                                   "yesterday"])
+async def test_date_filters_take_rfc3339_times_only(client, value):
+    # a number used to be taken as seconds since 1970, a time without offset as local time
+    for name in ("created_after", "created_before"):
+        response = await client.get("/api/v1/jobs", params={name: value})
+        assert_problem(response, 422, field=name)
+    ok = await client.get("/api/v1/jobs", params={"created_after": "2026-01-01T00:00:00+02:00"})
+    assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("content_type", ['multipart/form-data; boundary=""',
+                                          "multipart/form-data; boundary=" + "b" * 300])
+async def test_unusable_multipart_boundaries_are_400(client, backend, content_type):
+    response = await client.post("/api/v1/conversions", content=b"--x\r\n",
+                                 headers={"content-type": content_type})
+    assert_problem(response, 400)
+    assert await job_count(backend) == 0
+
+
+async def test_methods_no_route_has_are_405_problems(client):
+    for method in ("TRACE", "PUT", "PATCH"):
+        response = await client.request(method, "/api/v1/formats")
+        assert response.status_code == 405
+        assert response.headers["content-type"].startswith(PROBLEM)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("cron", "0 0 31 2 *"),  # valid, but names no date: croniter raised on every read (500)
+    ("cron", "0 0 30 2 *"),
+    ("timezone", "a" * 5000),  # looked up as a file: "File name too long" (500)
+    ("timezone", "Europe/" + "x" * 300),
+    ("timezone", "../../etc/passwd"),
+])
+async def test_schedules_that_could_never_run_are_422(client, field, value):
+    body = {"name": "s", "job": SLEEP, "cron": "*/5 * * * *", field: value}
+    response = await client.post("/api/v1/schedules", json=body)
+    assert_problem(response, 422, field=field)
+    assert (await client.get("/api/v1/schedules")).json()["items"] == []
+    assert (await client.put("/api/v1/schedules/s", json={
+        k: v for k, v in body.items() if k != "name"})).status_code == 422

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -240,3 +241,25 @@ async def test_per_job_backoff_spaces_the_attempts(client, backend: Backend, sta
             for a, b in itertools.pairwise(starts)]
     assert 1.0 <= gaps[0] < 2.0, gaps  # base
     assert 1.5 <= gaps[1] < 2.5, gaps  # 2 s capped at 1.5 s
+
+
+def _children(pid: int) -> list[int]:
+    """The direct children of `pid`, from /proc (every thread's list)."""
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+def _mapped(pid: int) -> str:
+    """The files `pid` has mapped (its shared libraries among them), from /proc."""
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+async def test_a_worker_that_converts_nothing_starts_no_child_process(client, start_worker):
+    # The conversion forkserver and its imports (trimesh, numpy) come with the first job that
+    # needs a child process, not with the worker: this one runs a job in its event loop only.
+    worker = start_worker("--concurrency", "4")
+    job = await submit(client, {"seconds": 0.1})
+    await eventually(status_is(client, job["id"], "succeeded"), timeout=30)
+    assert worker.poll() is None
+    assert _children(worker.pid) == []
+    assert "numpy" not in _mapped(worker.pid), "it loaded numpy (trimesh) without converting"

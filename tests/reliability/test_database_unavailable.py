@@ -117,7 +117,7 @@ async def test_workers_and_api_started_before_postgresql_wait_until_it_has_start
         owned_cluster.stop()
         await assert_unavailable(client, running_api)
 
-        # Not started: no socket to connect to.
+        # Not started: no socket to connect to (the new API listens, not ready).
         new_api = start_api(url)
         names = ["early-1", "early-2"]
         workers = [start_worker("--name", name, "--concurrency", "4", env=env)
@@ -268,3 +268,38 @@ async def test_worker_stopped_while_postgresql_is_down_exits_and_its_job_runs_ag
         ("leaving", "lost"), ("after", "succeeded")]
     report("worker stopped (SIGTERM) while PostgreSQL was down", {
         **figures, "exit_after_sigterm_s": round(took, 2)})
+
+
+async def test_serve_started_before_postgresql_listens_at_once_alive_but_not_ready(
+    owned_cluster: OwnedCluster, start_api
+):
+    """A load balancer probes an API process that waits for its database at start: /health
+    answers 200 from the start (no refused connection), /ready and the API 503 problem+json
+    saying why; once the database is up the same process, on the same port, is ready."""
+    url = owned_cluster.database_url
+    owned_cluster.stop()
+    api = start_api(url)
+    async with httpx.AsyncClient(timeout=10) as client:
+        await _answers(client, api.url, "/health", 200, timeout=20)
+        assert (await client.get(f"{api.url}/health")).json() == {"status": "ok"}
+        assert (await client.head(f"{api.url}/health")).status_code == 200
+        for response in [await client.get(f"{api.url}/ready"),
+                         await client.post(f"{api.url}/api/v1/jobs", json=BODY)]:
+            assert response.status_code == 503, response.text
+            assert response.headers["content-type"].startswith("application/problem+json")
+            assert int(response.headers["retry-after"]) > 0
+            problem = response.json()
+            assert problem["status"] == 503
+            assert "database cannot be reached yet" in problem["detail"], problem
+        await asyncio.sleep(PHASE_SECONDS)
+        assert api.process.poll() is None, "it waits for the database, it does not exit"
+        assert (await client.get(f"{api.url}/health")).status_code == 200
+
+        owned_cluster.start()
+        await _answers(client, api.url, "/ready", 200)
+        assert api.process.poll() is None, "it waits for the database, it does not exit"
+        response = await client.post(f"{api.url}/api/v1/jobs", json=BODY)
+        assert response.status_code == 201, response.text
+        # The API itself answers a probe's HEAD too, as the stand-in did.
+        for path in ("/health", "/ready"):
+            assert (await client.head(f"{api.url}{path}")).status_code == 200, path

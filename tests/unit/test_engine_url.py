@@ -12,7 +12,11 @@ def test_driver_is_asyncpg_and_the_rest_is_kept():
         "jobq", "secret", "db.example", 6543, "jobs")
 
 
-def test_libpq_sslmode_becomes_asyncpg_ssl():
-    # asyncpg.connect() has no `sslmode` argument: passed through, every connection failed.
-    url = make_url(sqlalchemy_url("postgresql://u@h/d?sslmode=disable&application_name=x"))
-    assert dict(url.query) == {"ssl": "disable", "application_name": "x"}
+def test_the_dialect_gets_no_connection_parameters():
+    # The engine connects with the libpq-style URL itself (asyncpg reads sslmode, sslrootcert,
+    # sslcert, sslkey...); SQLAlchemy passed each parameter to asyncpg.connect() as a keyword,
+    # and every one but sslmode failed every connection (tests/e2e/test_tls.py).
+    url = make_url(sqlalchemy_url(
+        "postgresql://u@h/d?sslmode=verify-full&sslrootcert=/ca.crt&application_name=x"))
+    assert dict(url.query) == {}
+    assert (url.host, url.database) == ("h", "d")

@@ -87,7 +87,7 @@ async def test_returns_the_result_and_reports_progress(pool: Sandbox):
 
 
 async def test_children_start_warm(pool: Sandbox):
-    await pool.start()
+    await pool.warm_up()
     # Each child is forked from a forkserver that imported these once (0.3-1.5 s).
     assert await pool.run(imported, timeout=30) == ["trimesh", "workers.convert"]
 

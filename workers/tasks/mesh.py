@@ -1,11 +1,15 @@
-"""`mesh.convert`: load the uploaded files, convert them in the sandbox, store the output."""
+"""`mesh.convert`: load the uploaded files, convert them in the sandbox, store the output.
+
+The conversion's code (trimesh, numpy) is imported only in the sandbox's child processes, never
+in the worker: a worker that converts nothing does not pay for it (`_convert_in_child`).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,7 @@ import msgspec
 from service import conversions, errors
 from service.domain.builtin import ConvertPayload
 from service.storage import FileInfo, PostgresFileStore
-from workers import convert, leases, sandbox
+from workers import leases, sandbox
 from workers.progress import JobRun
 
 
@@ -52,18 +56,29 @@ async def convert_mesh(run: JobRun, payload: ConvertPayload) -> dict[str, Any]:
 
         started = time.monotonic()
         try:
-            result = await pool.run(convert.convert, files, payload.format, payload.options,
-                                    folder / "out", timeout=run.timeout,
-                                    on_progress=report)
+            path, filename, stats = await pool.run(
+                _convert_in_child, files, payload.format, payload.options, folder / "out",
+                timeout=run.timeout, on_progress=report)
         except sandbox.SandboxTimeout:
             raise errors.JobTimeout(run.timeout) from None
         except sandbox.SandboxCrashed as exc:
             # Retried once: a crash may be the machine's (memory), not the mesh's.
             raise ConversionCrashed(str(exc)) from None
         await run.progress(90, stage="saving")
-        stats = {**result.stats, "duration_ms": round((time.monotonic() - started) * 1000)}
-        await _save(run, store, result.path, result.filename, payload.format, key, stats)
+        stats = {**stats, "duration_ms": round((time.monotonic() - started) * 1000)}
+        await _save(run, store, path, filename, payload.format, key, stats)
     return stats
+
+
+def _convert_in_child(files: list[tuple[str, Path]], target: str, options: dict[str, Any],
+                      out_dir: Path,
+                      progress: Callable[[int, str], None]) -> tuple[Path, str, dict]:
+    """In a sandbox child: the conversion (already imported there by the forkserver's
+    preload), its result as plain values, so that the worker never imports trimesh to read it."""
+    from workers.convert import convert
+
+    result = convert(files, target, options, out_dir, progress=progress)
+    return result.path, result.filename, result.stats
 
 
 async def _download(store: PostgresFileStore, info: FileInfo, folder: Path) -> Path:

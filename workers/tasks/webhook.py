@@ -14,9 +14,8 @@ from typing import Any
 
 import msgspec
 
-from service import errors, webhooks
+from service import errors
 from service import settings as settings_module
-from service.api import schemas
 from service.domain.builtin import WebhookPayload
 from service.settings import Settings
 from workers.progress import JobRun
@@ -26,6 +25,9 @@ _TIMES = ("created_at", "scheduled_at", "started_at", "finished_at", "progress_u
 
 def body(delivery_id: str, payload: WebhookPayload) -> bytes:
     """What is POSTed: the event and the job as `GET /api/v1/jobs/{id}` showed it then."""
+    # Imported on the first delivery: a worker that sends none never loads Litestar's schemas.
+    from service.api import schemas
+
     job: dict[str, Any] = dict(payload.job)
     for key in _TIMES:
         if job.get(key) is not None:
@@ -47,6 +49,9 @@ def _settings() -> Settings:
 
 async def deliver(run: JobRun, payload: WebhookPayload) -> dict[str, Any]:
     """POST the outcome, signed; record the attempt in the job's history."""
+    # Imported on the first delivery: a worker that sends none never loads aiohttp.
+    from service import webhooks
+
     settings = _settings()
     policy = webhooks.AddressPolicy(settings.webhook_allowed_networks)
     timeout = settings.webhook_timeout.total_seconds()
