@@ -55,11 +55,13 @@ def client_command(function: Callable[..., Any]) -> Callable[..., Any]:
 
     @click.option("--url", envvar="JOBQ_URL", default=api.DEFAULT_URL, show_default=True,
                   help="the jobq API (env JOBQ_URL)")
+    @click.option("--key", envvar="JOBQ_KEY", default=None,
+                  help="the API key to send (env JOBQ_KEY; docs/security.md)")
     @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
     @functools.wraps(function)
-    def wrapper(url: str, as_json: bool, **kwargs: Any) -> None:
+    def wrapper(url: str, key: str | None, as_json: bool, **kwargs: Any) -> None:
         try:
-            with api.Client(url) as http:
+            with api.Client(url, key) as http:
                 function(http, as_json, **kwargs)
         except api.ApiError as exc:
             err.print(f"jobq: {exc.detail}", markup=False, highlight=False)
@@ -263,12 +265,14 @@ def _show_job(job: dict[str, Any], as_json: bool) -> None:
 @click.group(invoke_without_command=True)
 @click.option("--url", envvar="JOBQ_URL", default=api.DEFAULT_URL, show_default=True,
               help="the jobq API (env JOBQ_URL)")
+@click.option("--key", envvar="JOBQ_KEY", default=None,
+              help="the API key to send (env JOBQ_KEY; docs/security.md)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @click.pass_context
-def queues(context: click.Context, url: str, as_json: bool) -> None:
+def queues(context: click.Context, url: str, key: str | None, as_json: bool) -> None:
     """Queues: counts and pause state (`jobq queues` alone lists them)."""
     if context.invoked_subcommand is None:
-        context.invoke(list_queues, url=url, as_json=as_json)
+        context.invoke(list_queues, url=url, key=key, as_json=as_json)
 
 
 @queues.command("list")

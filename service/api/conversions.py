@@ -13,8 +13,8 @@ from litestar.params import FromPath
 from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
-from service import conversions, errors
-from service.api import guards, schemas
+from service import auth, conversions, errors
+from service.api import access, guards, schemas
 from service.backend import Backend
 from service.domain import formats, limits
 from service.settings import Settings
@@ -95,11 +95,18 @@ FORM_FIELDS = {"format", "options", "reuse", "timeout_seconds", *conversions.JOB
       "`delay_seconds` or `run_at`, `key`, `callback_url`, `queue`, `backoff` (JSON object). "
       "Any other field is a 422 naming it. 201 with the job; 200 with the existing job when "
       "`key` names one.",
-      request_max_body_size=None)
+      request_max_body_size=None, opt=access.rule("submitter"))
 async def create_conversion(
-    request: Request, backend: NamedDependency[Backend], settings: NamedDependency[Settings]
+    request: Request, backend: NamedDependency[Backend], settings: NamedDependency[Settings],
+    principal: NamedDependency[auth.Principal],
 ) -> Response[dict[str, Any]]:
-    check_length(request, settings)
+    await check_length(request, settings, backend, principal)
+    async with auth.upload_slot(backend, principal):
+        return await _create_conversion(request, backend, settings, principal)
+
+
+async def _create_conversion(request: Request, backend: Backend, settings: Settings,
+                             principal: auth.Principal) -> Response[dict[str, Any]]:
     uploads, fields = await read_form(request, settings)
     conversions.check_fields(fields, FORM_FIELDS)
     reuse = fields.get("reuse", "true").strip().lower()
@@ -111,27 +118,35 @@ async def create_conversion(
         settings.max_upload_bytes, reuse=reuse == "true",
         timeout_seconds=conversions.parse_seconds(fields.get("timeout_seconds"),
                                                   "timeout_seconds"),
-        job=conversions.job_options(fields))
-    body = schemas.job_json(job)
+        job=conversions.job_options(fields), principal=principal)
+    body = schemas.job_json(job, principal)
     return Response(body, status_code=HTTP_201_CREATED if created else HTTP_200_OK,
                     headers={"Location": body["links"]["self"]})
 
 
-def check_length(request: Request, settings: Settings) -> None:
+async def check_length(request: Request, settings: Settings, backend: Backend,
+                       principal: auth.Principal) -> None:
+    """Before reading a body: 413 when its announced length is over the limit, 429 when it
+    cannot fit in what is left of the key's upload bytes for the day."""
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > upload_limit(settings):
         raise errors.FileTooLarge("upload", settings.max_upload_bytes)
+    if length and length.isdigit():
+        await auth.upload_room(backend, principal, max(0, int(length) - FORM_OVERHEAD))
 
 
-@get(f"{schemas.API}/formats", tags=["conversions"], summary="Formats that convert")
+@get(f"{schemas.API}/formats", tags=["conversions"], summary="Formats that convert",
+     opt=access.rule("submitter"))
 async def list_formats() -> dict[str, list[str]]:
     return {"input": sorted(formats.INPUT_FORMATS), "output": sorted(formats.OUTPUT_FORMATS)}
 
 
 @get(f"{schemas.API}/jobs/{{job_id:str}}/output", tags=["jobs"],
-     summary="Download a job's output file")
-async def job_output(backend: NamedDependency[Backend], job_id: FromPath[str]) -> Stream:
-    info, filename = await conversions.output(backend, schemas.parse_job_id(job_id))
+     summary="Download a job's output file", opt=access.rule("submitter"))
+async def job_output(backend: NamedDependency[Backend], principal: NamedDependency[auth.Principal],
+                     job_id: FromPath[str]) -> Stream:
+    info, filename = await conversions.output(backend, schemas.parse_job_id(job_id),
+                                              principal.scope)
     return Stream(
         PostgresFileStore(backend).read(info.id),
         media_type=info.content_type,

@@ -9,6 +9,8 @@ from litestar import Response, get
 from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
 
+from service.api import access
+
 ASSETS = Path(__file__).resolve().parent.parent / "dashboard"
 """The dashboard's files: index.html, app.css and the JavaScript modules under js/."""
 
@@ -29,7 +31,7 @@ SECURITY_HEADERS = {
 REVALIDATE = CacheControlHeader(no_cache=True)
 
 
-@get(PATH, include_in_schema=False, cache_control=REVALIDATE)
+@get(PATH, include_in_schema=False, cache_control=REVALIDATE, opt=access.rule("public"))
 async def dashboard_page() -> Response[bytes]:
     """The single page; the part after `#` picks what it shows (#/jobs, #/jobs/<id>, ...)."""
     return Response(
@@ -47,6 +49,7 @@ ROUTES = [
         name="dashboard-assets",
         cache_control=REVALIDATE,
         include_in_schema=False,
+        opt=access.rule("public"),
     ),
 ]
 """Route handlers to register on the app."""

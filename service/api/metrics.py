@@ -8,6 +8,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from service import metrics
+from service.api import access
 from service.backend import Backend
 from service.settings import Settings
 
@@ -16,7 +17,7 @@ from service.settings import Settings
      description="Queue depth, oldest queued job, live workers (read from PostgreSQL when "
      "scraped); jobs submitted, started, succeeded, failed, retried and cancelled, run time and "
      "queue wait per type, webhook deliveries (totals kept in PostgreSQL: every API process "
-     "answers the same).")
+     "answers the same).", opt=access.rule("operator"))
 async def prometheus(backend: NamedDependency[Backend], settings: NamedDependency[Settings],
                      state: State) -> Response[bytes]:
     hub = getattr(state, "hub", None)

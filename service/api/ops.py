@@ -12,8 +12,8 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from service import errors, maintenance, queues, retention
+from service.api import access, schemas
 from service.api import errors as api_errors
-from service.api import schemas
 from service.backend import Backend
 from service.db import migrate
 from service.domain import policies
@@ -36,6 +36,7 @@ class CleanRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class QueuesController(Controller):
     path = f"{schemas.API}/queues"
     tags = ["queues"]
+    opt = access.rule("operator")
 
     @get("/", summary="Per-queue counts, ages and pause state")
     async def list_queues(self, backend: NamedDependency[Backend]) -> dict[str, Any]:
@@ -70,26 +71,29 @@ class QueuesController(Controller):
         return await queues.set_paused(backend, name, False)
 
 
-@get(f"{schemas.API}/workers", tags=["workers"], summary="Live workers")
+@get(f"{schemas.API}/workers", tags=["workers"], summary="Live workers",
+     opt=access.rule("operator"))
 async def list_workers(backend: NamedDependency[Backend]) -> dict[str, Any]:
     return {"items": [schemas.worker_json(w) for w in await queues.live_workers(backend)]}
 
 
 @post(f"{schemas.API}/maintenance/recover-stalled", status_code=HTTP_200_OK,
-      tags=["operations"], summary="Requeue the jobs of dead workers now")
+      tags=["operations"], summary="Requeue the jobs of dead workers now",
+      opt=access.rule("admin"))
 async def recover_stalled(
     backend: NamedDependency[Backend], settings: NamedDependency[Settings]
 ) -> dict[str, int]:
     return await maintenance.recover_stalled(backend, settings.stall_timeout.total_seconds())
 
 
-@get("/health", tags=["operations"], summary="The process is alive")
+@get("/health", tags=["operations"], summary="The process is alive", opt=access.rule("public"))
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @get("/ready", tags=["operations"],
-     summary="The database is reachable and at this code's schema (or a later one)")
+     summary="The database is reachable and at this code's schema (or a later one)",
+     opt=access.rule("public"))
 async def ready(backend: NamedDependency[Backend]) -> Response[dict[str, Any]]:
     # The answer is in words: never the driver's message, which can carry SQL and parameters.
     try:

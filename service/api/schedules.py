@@ -10,7 +10,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from service import schedules
-from service.api import schemas
+from service.api import access, schemas
 from service.backend import Backend
 from service.domain.schedules import Schedule, ScheduleBody
 
@@ -18,6 +18,7 @@ from service.domain.schedules import Schedule, ScheduleBody
 class SchedulesController(Controller):
     path = f"{schemas.API}/schedules"
     tags = ["schedules"]
+    opt = access.rule("operator")
 
     @get("/", summary="Every schedule, with its last and next tick")
     async def list_schedules(self, backend: NamedDependency[Backend]) -> dict[str, Any]:
