@@ -1,7 +1,7 @@
 """API keys and roles, in process (issue 13): every route's answer to no key, to each role,
 and to bad keys; keys over REST; the dashboard's session and its CSRF token; what a key may
 submit. Isolation between two keys over real HTTP is tests/integration/test_isolation.py;
-limits across two API processes are tests/integration/test_limits.py."""
+limits across two API processes are tests/integration/test_key_limits.py."""
 
 from __future__ import annotations
 
