@@ -400,12 +400,14 @@ def workers(http: api.Client, as_json: bool) -> None:
 @click.group(invoke_without_command=True)
 @click.option("--url", envvar="JOBQ_URL", default=api.DEFAULT_URL, show_default=True,
               help="the jobq API (env JOBQ_URL)")
+@click.option("--key", envvar="JOBQ_KEY", default=None,
+              help="the API key to send (env JOBQ_KEY; docs/security.md)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @click.pass_context
-def schedules(context: click.Context, url: str, as_json: bool) -> None:
+def schedules(context: click.Context, url: str, key: str | None, as_json: bool) -> None:
     """Recurring jobs (`jobq schedules` alone lists them)."""
     if context.invoked_subcommand is None:
-        context.invoke(list_schedules, url=url, as_json=as_json)
+        context.invoke(list_schedules, url=url, key=key, as_json=as_json)
 
 
 @schedules.command("list")
