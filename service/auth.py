@@ -186,16 +186,17 @@ async def list_keys(conn: asyncpg.Connection, revoked: bool = False) -> list[dic
 
 
 async def revoke_key(conn: asyncpg.Connection, ref: str) -> dict[str, Any]:
-    """Revoke the key with this id or this shown prefix (which must name one key); its
-    dashboard sessions end with it. Revoking a revoked key changes nothing."""
+    """Revoke the key with this id, shown prefix or name (of an active key), which must name
+    one key; its dashboard sessions end with it. Revoking a revoked key changes nothing."""
     try:
         key_id: uuid.UUID | None = uuid.UUID(ref)
     except ValueError:
         key_id = None
     rows = await conn.fetch(
-        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1 OR key_prefix = $2", key_id, ref)
+        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1 OR key_prefix = $2 "
+        "OR (name = $2 AND revoked_at IS NULL)", key_id, ref)
     if not rows:
-        raise errors.NotFound(f"No API key with id or prefix {ref!r}.")
+        raise errors.NotFound(f"No API key with id, prefix or name {ref!r}.")
     if len(rows) > 1:
         raise errors.InvalidRequest(f"{len(rows)} keys start with {ref!r}; give the key's id.")
     async with conn.transaction():

@@ -196,7 +196,7 @@ def keys_list(revoked: bool) -> None:
 @keys.command("revoke")
 @click.argument("ref")
 def keys_revoke(ref: str) -> None:
-    """Revoke the key with this id (or shown prefix): it stops working at once, and its
+    """Revoke the key with this id, shown prefix or name: it stops working at once, and its
     dashboard sessions end."""
     from service import auth, errors
 

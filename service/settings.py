@@ -279,6 +279,9 @@ def _declared() -> list[tuple[dataclasses.Field, Var]]:
 
 
 DECLARED = _declared()
+CLIENT_VARIABLES = frozenset({"JOBQ_URL", "JOBQ_KEY"})
+"""Read by the commands that call the API (service/console.py: --url, --key), not by a jobq
+process: known, so not warned about as typos, and not settings of the service."""
 KNOWN_VARIABLES = frozenset(var.env for _, var in DECLARED)
 
 
@@ -298,7 +301,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from `DATABASE_URL` and `JOBQ_*` variables; SettingsError names a bad one."""
     env = os.environ if env is None else env
     values = {f.name: var.parse(var.env, env[var.env]) for f, var in DECLARED if var.env in env}
-    extra = {k: v for k, v in env.items() if k.startswith("JOBQ_") and k not in KNOWN_VARIABLES}
+    extra = {k: v for k, v in env.items() if k.startswith("JOBQ_")
+             and k not in KNOWN_VARIABLES | CLIENT_VARIABLES}
     return Settings(**values, extra=extra)
 
 

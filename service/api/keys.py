@@ -63,7 +63,7 @@ async def create_key(backend: NamedDependency[Backend],
 
 
 @delete(f"{schemas.API}/keys/{{ref:str}}", status_code=HTTP_200_OK, tags=["keys"],
-        summary="Revoke an API key (by id or shown prefix); its dashboard sessions end",
+        summary="Revoke an API key (by id, shown prefix or name); its dashboard sessions end",
         opt=access.rule("admin"))
 async def revoke_key(backend: NamedDependency[Backend], ref: FromPath[str]) -> dict[str, Any]:
     async with backend.connection() as conn:
