@@ -17,11 +17,12 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from service import errors
 from service.backend import Backend
@@ -276,6 +277,21 @@ def check_allowed(principal: Principal, planned: list[Planned], prefix: str = ""
                 f"{at}timeout_seconds: this key may ask for at most {limit:g} s, not "
                 f"{request.timeout_seconds:g} s.",
                 [errors.FieldError(f"{at}timeout_seconds", f"at most {limit:g} for this key")])
+
+
+def own_locks(principal: Principal, planned: list[Planned]) -> list[Planned]:
+    """The requests with their `lock` and `queueing_lock` made the key's own: Procrastinate's
+    locks are global, so a key's jobs must neither wait behind another key's jobs nor learn
+    (from a 409) that another key has a job queued under some lock name."""
+    if principal.key_id is None:
+        return planned
+    prefix = f"{principal.key_id}:"
+    return [replace(p, request=msgspec.structs.replace(
+        p.request,
+        lock=None if p.request.lock is None else prefix + p.request.lock,
+        queueing_lock=(None if p.request.queueing_lock is None
+                       else prefix + p.request.queueing_lock)))
+        for p in planned]
 
 
 def default_timeout(principal: Principal, type_default: float) -> float | None:

@@ -335,3 +335,17 @@ async def test_tracebacks_and_workers_are_for_operators(keyed, backend):
     # Operators get the traceback, its frames relative as before (the message as written).
     assert 'File "workers/outcomes.py"' in full["attempts"][0]["error"]["traceback"]
     assert project not in full["attempts"][0]["error"]["traceback"]
+
+
+async def test_locks_and_queueing_locks_are_each_keys_own(keyed, backend):
+    a, b = bearer(await new_key(backend)), bearer(await new_key(backend))
+    job = {"type": "system.noop", "delay_seconds": 3600, "queueing_lock": "nightly",
+           "lock": "serial"}
+    assert (await keyed.post("/api/v1/jobs", headers=a, json=job)).status_code == 201
+    # Another key's job under the same names neither collides nor learns of A's.
+    assert (await keyed.post("/api/v1/jobs", headers=b, json=job)).status_code == 201
+    again = await keyed.post("/api/v1/jobs", headers=a, json=job)
+    assert again.status_code == 409 and "queueing_lock" in again.json()["detail"]
+    async with backend.connection() as conn:
+        locks = await conn.fetch("SELECT lock, queueing_lock FROM procrastinate_jobs")
+    assert len({r["lock"] for r in locks}) == 2 and len({r["queueing_lock"] for r in locks}) == 2
