@@ -279,18 +279,22 @@ def check_allowed(principal: Principal, planned: list[Planned], prefix: str = ""
                 [errors.FieldError(f"{at}timeout_seconds", f"at most {limit:g} for this key")])
 
 
-def own_locks(principal: Principal, planned: list[Planned]) -> list[Planned]:
-    """The requests with their `lock` and `queueing_lock` made the key's own: Procrastinate's
-    locks are global, so a key's jobs must neither wait behind another key's jobs nor learn
-    (from a 409) that another key has a job queued under some lock name."""
+def for_key(principal: Principal, planned: list[Planned]) -> list[Planned]:
+    """The requests as a key writes them. Their `lock` and `queueing_lock` are made the key's
+    own: Procrastinate's locks are global, so a key's jobs must neither wait behind another
+    key's jobs nor learn (from a 409) that another key has a job queued under some name. With a
+    longest timeout, the timeout planned (the type's, capped at the key's) is kept: a queue's
+    default timeout, which could be longer, does not replace it."""
     if principal.key_id is None:
         return planned
     prefix = f"{principal.key_id}:"
+    capped = principal.limits.max_timeout_seconds is not None
     return [replace(p, request=msgspec.structs.replace(
         p.request,
         lock=None if p.request.lock is None else prefix + p.request.lock,
         queueing_lock=(None if p.request.queueing_lock is None
-                       else prefix + p.request.queueing_lock)))
+                       else prefix + p.request.queueing_lock)),
+        timeout_defaulted=p.timeout_defaulted and not capped)
         for p in planned]
 
 

@@ -54,7 +54,7 @@ async def enqueue_keyed(
     if new:
         await auth.admit(conn, principal, new, "jobs" if batch or len(jobs) > 1 else "")
         with _queueing_lock_conflict(), _key_conflict():
-            await submit.write(conn, auth.own_locks(principal, new))
+            await submit.write(conn, auth.for_key(principal, new))
     return [(held[p.request.key], False) if p.request.key in held else (p.id, True)
             for p in planned]
 
@@ -137,7 +137,7 @@ async def submit_job(
         async with (backend.connection() if owner is None else backend.transaction()) as conn:
             await auth.admit(conn, principal, [planned])
             with _queueing_lock_conflict():
-                [job] = await submit.write(conn, auth.own_locks(principal, [planned]),
+                [job] = await submit.write(conn, auth.for_key(principal, [planned]),
                                            idempotency_key, overview=True)
     except asyncpg.UniqueViolationError as exc:
         # Another request with the same Idempotency-Key or key won the race: answer with its

@@ -18,6 +18,7 @@ from service import auth
 from service.api import access
 from service.api.app import create_app
 from service.backend import Backend
+from service.domain import jobtypes
 from service.settings import Settings
 
 # What the issue asks of each route: the least role that may call it ("public": no key). Written
@@ -349,3 +350,22 @@ async def test_locks_and_queueing_locks_are_each_keys_own(keyed, backend):
     async with backend.connection() as conn:
         locks = await conn.fetch("SELECT lock, queueing_lock FROM procrastinate_jobs")
     assert len({r["lock"] for r in locks}) == 2 and len({r["queueing_lock"] for r in locks}) == 2
+
+
+async def test_a_queue_default_timeout_never_lifts_a_keys_longest(keyed, backend):
+    operator = bearer(await new_key(backend, "operator"))
+    changed = await keyed.patch("/api/v1/queues/long", headers=operator,
+                                json={"timeout_seconds": 7200})
+    assert changed.status_code == 200, changed.text
+    # Longer than system.noop's own default, shorter than the queue's.
+    default = jobtypes.get("system.noop").timeout.total_seconds()
+    secret = bearer(await new_key(backend, limits=auth.KeyLimits(
+        max_timeout_seconds=default + 60)))
+    job = await keyed.post("/api/v1/jobs", headers=secret,
+                           json={"type": "system.noop", "queue": "long"})
+    assert job.status_code == 201, job.text
+    assert job.json()["timeout_seconds"] == default
+    # Without a key's longest, the queue's default applies as before.
+    plain = await keyed.post("/api/v1/jobs", headers=operator,
+                             json={"type": "system.noop", "queue": "long"})
+    assert plain.json()["timeout_seconds"] == 7200
