@@ -108,6 +108,8 @@ function showWho() {
   for (const link of document.querySelectorAll('nav.site a[data-section="queues"], nav.site a[data-section="workers"]')) {
     link.parentElement.hidden = !operator;
   }
+  // Nothing to navigate to before logging in.
+  document.querySelector("nav.site").hidden = !current;
   if (!current) {
     whoBox.replaceChildren();
     return;
