@@ -90,11 +90,8 @@ async def guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     if level is None:
         logger.error("route %s declares no access rule: refused", handler.paths)
         raise errors.Forbidden("This route declares no access rule, so nobody may call it.")
-    if level == PUBLIC:
-        try:
-            connection.state.principal = await identify(connection)
-        except errors.ServiceError:
-            connection.state.principal = None
+    if level == PUBLIC:  # no lookup: public routes do not ask who is calling
+        connection.state.principal = None
         return
     principal = await identify(connection)
     if principal is None:
