@@ -14,6 +14,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from service import auth
 from service.api import access, schemas
+from service.api.openapi import answers
 from service.backend import Backend
 
 
@@ -43,7 +44,7 @@ class Login(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 @get(f"{schemas.API}/keys", tags=["keys"], summary="API keys (never the keys themselves)",
-     opt=access.rule("admin"))
+     responses=answers(dict[str, Any], 422), opt=access.rule("admin"))
 async def list_keys(backend: NamedDependency[Backend],
                     revoked: FromQuery[bool] = False) -> dict[str, Any]:
     async with backend.connection() as conn:
@@ -52,7 +53,8 @@ async def list_keys(backend: NamedDependency[Backend],
 
 @post(f"{schemas.API}/keys", status_code=HTTP_201_CREATED, tags=["keys"],
       summary="Create an API key: the answer holds the key, shown this once only",
-      dto=schemas.StrictJSON[KeyRequest], return_dto=None, opt=access.rule("admin"))
+      dto=schemas.StrictJSON[KeyRequest], return_dto=None,
+      responses=answers(dict[str, Any], 409, 413, 422, status=201), opt=access.rule("admin"))
 async def create_key(backend: NamedDependency[Backend],
                      data: JSONBody[KeyRequest]) -> dict[str, Any]:
     limits = auth.KeyLimits(**msgspec.structs.asdict(data.limits)) if data.limits else None
@@ -64,7 +66,7 @@ async def create_key(backend: NamedDependency[Backend],
 
 @delete(f"{schemas.API}/keys/{{ref:str}}", status_code=HTTP_200_OK, tags=["keys"],
         summary="Revoke an API key (by id, shown prefix or name); its dashboard sessions end",
-        opt=access.rule("admin"))
+        responses=answers(dict[str, Any], 404), opt=access.rule("admin"))
 async def revoke_key(backend: NamedDependency[Backend], ref: FromPath[str]) -> dict[str, Any]:
     async with backend.connection() as conn:
         return await auth.revoke_key(conn, ref)
@@ -73,7 +75,7 @@ async def revoke_key(backend: NamedDependency[Backend], ref: FromPath[str]) -> d
 @post(f"{schemas.API}/session", status_code=HTTP_200_OK, tags=["keys"],
       summary="Log the dashboard in with a key: sets an HttpOnly session cookie and returns "
       "the CSRF token to send as X-CSRF-Token", dto=schemas.StrictJSON[Login], return_dto=None,
-      opt=access.rule("public"))
+      responses=answers(dict[str, Any], 413, 422), opt=access.rule("public"))
 async def log_in(request: Request, backend: NamedDependency[Backend],
                  data: JSONBody[Login]) -> Response[dict[str, Any]]:
     if not request.app.state.auth_required:
@@ -88,13 +90,15 @@ async def log_in(request: Request, backend: NamedDependency[Backend],
 
 @get(f"{schemas.API}/session", tags=["keys"],
      summary="Who is calling: the key's name, role, queues, types and limits (and the CSRF "
-     "token of a dashboard session)", opt=access.rule("submitter"))
+     "token of a dashboard session)", responses=answers(dict[str, Any]),
+     opt=access.rule("submitter"))
 async def who(principal: NamedDependency[auth.Principal]) -> dict[str, Any]:
     return {**principal.describe(), "csrf_token": principal.csrf_token}
 
 
 @delete(f"{schemas.API}/session", status_code=HTTP_200_OK, tags=["keys"],
-        summary="Log the dashboard out: ends the session", opt=access.rule("submitter"))
+        summary="Log the dashboard out: ends the session", responses=answers(dict[str, str]),
+        opt=access.rule("submitter"))
 async def log_out(request: Request, backend: NamedDependency[Backend]) -> Response[dict[str, str]]:
     token = request.cookies.get(auth.SESSION_COOKIE)
     if token:
