@@ -94,7 +94,7 @@ async def main() -> None:
         name = f"jobq_bench_{uuid.uuid4().hex[:8]}"
         url = await admin.ensure_database(server_url, name)
         await asyncio.to_thread(migrate.upgrade, url)
-        env = {**os.environ, "DATABASE_URL": url}
+        env = {**os.environ, "DATABASE_URL": url, "JOBQ_AUTH": "off"}  # as benchmarks/processes.py
         port = free_port()
         api = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port",
                                 str(port)], env=env, stderr=subprocess.DEVNULL)

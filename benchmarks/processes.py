@@ -150,10 +150,13 @@ async def jobq_worker(ctx: Context, concurrency: int, number: int = 0,
 
 
 async def jobq_api(ctx: Context, port: int) -> Child:
-    """A real `jobq serve` process on the run's database, listening on 127.0.0.1:`port`."""
+    """A real `jobq serve` process on the run's database, listening on 127.0.0.1:`port`, with
+    authentication off (on loopback): the figures stay comparable with earlier runs, and a
+    key costs one indexed lookup per request (docs/security.md)."""
     return await Child.start(
         ctx, "jobq-api",
-        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)])
+        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env={"JOBQ_AUTH": "off"})
 
 
 async def stop_all(children: Sequence[Child]) -> None:

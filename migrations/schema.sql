@@ -1,4 +1,4 @@
--- The schema of a jobq database at revision 0013, written from a migrated database by
+-- The schema of a jobq database at revision 0014, written from a migrated database by
 -- `python -m service.db.schema write`: do not edit by hand. tests/migrations checks that it
 -- is current. Alembic's revisions (migrations/versions) build the database; this file is for
 -- reading, and for copying a function's current text into a new revision.
@@ -37,6 +37,62 @@ CREATE SEQUENCE procrastinate_workers_id_seq;
 CREATE SEQUENCE webhook_deliveries_id_seq;
 
 -- Tables ----------------------------------------------------------------------------------------
+
+CREATE TABLE api_key_rates (
+    api_key_id uuid NOT NULL,
+    tokens double precision NOT NULL,
+    updated_at timestamp with time zone NOT NULL,
+    CONSTRAINT pk_api_key_rates PRIMARY KEY (api_key_id),
+    CONSTRAINT fk_api_key_rates_api_key_id_api_keys FOREIGN KEY (api_key_id) REFERENCES api_keys(id) ON DELETE CASCADE
+);
+
+CREATE TABLE api_key_upload_days (
+    api_key_id uuid NOT NULL,
+    day date NOT NULL,
+    bytes bigint NOT NULL,
+    CONSTRAINT pk_api_key_upload_days PRIMARY KEY (api_key_id, day),
+    CONSTRAINT fk_api_key_upload_days_api_key_id_api_keys FOREIGN KEY (api_key_id) REFERENCES api_keys(id) ON DELETE CASCADE
+);
+
+CREATE TABLE api_key_upload_slots (
+    id uuid NOT NULL,
+    api_key_id uuid NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    CONSTRAINT pk_api_key_upload_slots PRIMARY KEY (id),
+    CONSTRAINT fk_api_key_upload_slots_api_key_id_api_keys FOREIGN KEY (api_key_id) REFERENCES api_keys(id) ON DELETE CASCADE
+);
+CREATE INDEX ix_api_key_upload_slots_api_key_id ON public.api_key_upload_slots USING btree (api_key_id);
+
+CREATE TABLE api_keys (
+    id uuid NOT NULL,
+    name character varying(100) NOT NULL,
+    role character varying(16) NOT NULL,
+    key_hash bytea NOT NULL,
+    key_prefix character varying(16) NOT NULL,
+    queues text[],
+    job_types text[],
+    submissions_per_second double precision,
+    max_queued integer,
+    upload_bytes_per_day bigint,
+    max_timeout_seconds double precision,
+    max_concurrent_uploads integer,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    revoked_at timestamp with time zone,
+    CONSTRAINT pk_api_keys PRIMARY KEY (id),
+    CONSTRAINT uq_api_keys_key_hash UNIQUE (key_hash),
+    CONSTRAINT ck_api_keys_role CHECK (role::text = ANY (ARRAY['submitter'::character varying, 'operator'::character varying, 'admin'::character varying]::text[]))
+);
+
+CREATE TABLE api_sessions (
+    token_hash bytea NOT NULL,
+    api_key_id uuid NOT NULL,
+    csrf_token character varying(64) NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    CONSTRAINT pk_api_sessions PRIMARY KEY (token_hash),
+    CONSTRAINT fk_api_sessions_api_key_id_api_keys FOREIGN KEY (api_key_id) REFERENCES api_keys(id) ON DELETE CASCADE
+);
+CREATE INDEX ix_api_sessions_api_key_id ON public.api_sessions USING btree (api_key_id);
 
 CREATE TABLE conversion_cache (
     key character varying(64) NOT NULL,
@@ -177,16 +233,19 @@ CREATE TABLE jobs (
     backoff jsonb,
     key character varying(255),
     retention jsonb,
+    api_key_id uuid DEFAULT (NULLIF(current_setting('jobq.api_key'::text, true), ''::text))::uuid,
     CONSTRAINT pk_jobs PRIMARY KEY (id),
-    CONSTRAINT uq_jobs_idempotency_key UNIQUE (idempotency_key),
-    CONSTRAINT uq_jobs_key UNIQUE (key),
     CONSTRAINT uq_jobs_queue_job_id UNIQUE (queue_job_id),
+    CONSTRAINT fk_jobs_api_key_id_api_keys FOREIGN KEY (api_key_id) REFERENCES api_keys(id),
     CONSTRAINT fk_jobs_queue_job_id_procrastinate_jobs FOREIGN KEY (queue_job_id) REFERENCES procrastinate_jobs(id) ON DELETE CASCADE,
     CONSTRAINT ck_jobs_max_attempts_positive CHECK (max_attempts >= 1),
     CONSTRAINT ck_jobs_progress_percent CHECK (progress >= 0 AND progress <= 100)
 );
+CREATE INDEX ix_jobs_api_key_id_created_at ON public.jobs USING btree (api_key_id, created_at);
 CREATE INDEX ix_jobs_created_at_id ON public.jobs USING btree (created_at, id);
 CREATE INDEX ix_jobs_retention_created_at ON public.jobs USING btree (created_at, id) WHERE (retention IS NOT NULL);
+CREATE UNIQUE INDEX uq_jobs_idempotency_key ON public.jobs USING btree (COALESCE(api_key_id, '00000000-0000-0000-0000-000000000000'::uuid), idempotency_key);
+CREATE UNIQUE INDEX uq_jobs_key ON public.jobs USING btree (COALESCE(api_key_id, '00000000-0000-0000-0000-000000000000'::uuid), key);
 
 CREATE TABLE procrastinate_events (
     id bigint DEFAULT nextval('procrastinate_events_id_seq'::regclass) NOT NULL,
@@ -397,7 +456,8 @@ CREATE VIEW job_overview AS
         END AS finished_at,
     pj.id AS queue_job_id,
     pj.worker_id,
-    j.key
+    j.key,
+    j.api_key_id
    FROM jobs j
      JOIN procrastinate_jobs pj ON pj.id = j.queue_job_id;
 
@@ -1614,6 +1674,36 @@ BEGIN
     IF p_overview THEN
         RETURN QUERY SELECT * FROM job_overview WHERE id = ANY (p_ids);
     END IF;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_take_tokens(p_key uuid, p_rate double precision, p_count integer)
+ RETURNS double precision
+ LANGUAGE plpgsql
+AS $function$
+-- A token bucket per API key, shared by every API process: it holds up to p_rate tokens (one
+-- second's worth) and refills at p_rate per second. Takes p_count tokens and answers 0, or
+-- takes none and answers the seconds until p_count would be there. The key's row is locked
+-- while it is read and written, so concurrent requests are counted one after the other.
+DECLARE
+    v_now timestamptz := clock_timestamp();
+    v_capacity double precision := greatest(p_rate, p_count);
+    v_tokens double precision;
+BEGIN
+    INSERT INTO api_key_rates AS r (api_key_id, tokens, updated_at)
+    VALUES (p_key, v_capacity, v_now)
+    ON CONFLICT (api_key_id) DO NOTHING;
+    SELECT least(v_capacity, r.tokens + p_rate * extract(epoch FROM v_now - r.updated_at))
+    INTO v_tokens
+    FROM api_key_rates AS r WHERE r.api_key_id = p_key
+    FOR UPDATE;
+    IF v_tokens >= p_count THEN
+        UPDATE api_key_rates SET tokens = v_tokens - p_count, updated_at = v_now
+        WHERE api_key_id = p_key;
+        RETURN 0;
+    END IF;
+    UPDATE api_key_rates SET tokens = v_tokens, updated_at = v_now WHERE api_key_id = p_key;
+    RETURN (p_count - v_tokens) / p_rate;
 END;
 $function$;
 

@@ -78,6 +78,8 @@ def up(name: str | None, **flags: Any) -> None:
 
     With DATABASE_URL, an empty or older database is migrated first."""
     settings = _settings(flags)
+    if settings.auth is None:  # `up` runs open on loopback unless JOBQ_AUTH says otherwise
+        settings = dataclasses.replace(settings, auth="off" if settings.loopback else "on")
     if not settings.database_url:
         _require_embedded_postgres()
     _load_job_types(settings, "up", runs_them=True)
@@ -132,6 +134,115 @@ def health(url: str | None, timeout: float) -> None:
     """Exit 0 if the API answers 200, else 1 with one line (the image's healthcheck)."""
     settings = _settings({})
     sys.exit(_probe(url or f"http://127.0.0.1:{settings.port}/health", timeout))
+
+
+@cli.group()
+def keys() -> None:
+    """API keys, on DATABASE_URL directly (the first admin key has nobody to ask for it).
+
+    Roles: submitter (submits jobs; reads, follows, downloads and cancels its own), operator
+    (every job and queue, workers, metrics), admin (also keys and maintenance). See
+    docs/security.md."""
+
+
+_LIMITS = (
+    ("--rate", "submissions_per_second", float, "jobs it may submit per second"),
+    ("--max-queued", "max_queued", int, "jobs it may have unfinished at once"),
+    ("--upload-bytes-per-day", "upload_bytes_per_day", int, "bytes it may upload per UTC day"),
+    ("--max-timeout", "max_timeout_seconds", float, "longest timeout_seconds it may ask for"),
+    ("--max-uploads", "max_concurrent_uploads", int, "uploads it may send at once"),
+)
+
+
+def _limit_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    for flag, dest, kind, text in reversed(_LIMITS):
+        function = click.option(flag, dest, type=kind, default=None,
+                                help=f"{text} (default: no limit)")(function)
+    return function
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="who or what the key is for (shown in lists)")
+@click.option("--role", type=click.Choice(["submitter", "operator", "admin"]),
+              default="submitter", show_default=True)
+@click.option("--queue", "queues", multiple=True,
+              help="a queue it may submit to (repeat; default: any)")
+@click.option("--type", "types", multiple=True,
+              help="a job type it may submit (repeat; default: any)")
+@_limit_options
+def keys_create(name: str, role: str, queues: tuple[str, ...], types: tuple[str, ...],
+                **limits: Any) -> None:
+    """Create a key and print it: it is shown this once, only its hash is kept."""
+    from service import auth
+
+    key_limits = auth.KeyLimits(**limits)
+    row, secret = _on_database("keys create", lambda conn: auth.create_key(
+        conn, name, role, list(queues) or None, list(types) or None, key_limits))
+    click.echo(f"created {row['role']} key {row['name']!r} (id {row['id']})")
+    click.echo(_describe_key(row))
+    click.echo(f"key: {secret}")
+    click.echo("Store it now: jobq keeps only its hash and cannot show it again.")
+
+
+@keys.command("list")
+@click.option("--revoked", is_flag=True, help="include revoked keys")
+def keys_list(revoked: bool) -> None:
+    """Every key: id, prefix, name, role, what it may submit, its limits."""
+    from service import auth
+
+    rows = _on_database("keys list", lambda conn: auth.list_keys(conn, revoked))
+    if not rows:
+        click.echo("no keys (create one: jobq keys create --name NAME --role admin)")
+    for row in rows:
+        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+        click.echo(f"{row['id']}  {row['prefix']}…  {row['role']:<9}  {row['name']}  ({state})")
+        click.echo(f"    {_describe_key(row)}")
+
+
+@keys.command("revoke")
+@click.argument("ref")
+def keys_revoke(ref: str) -> None:
+    """Revoke the key with this id, shown prefix or name: it stops working at once, and its
+    dashboard sessions end."""
+    from service import auth, errors
+
+    try:
+        row = _on_database("keys revoke", lambda conn: auth.revoke_key(conn, ref))
+    except errors.ServiceError as exc:
+        sys.exit(f"jobq keys revoke: {exc}")
+    click.echo(f"revoked {row['role']} key {row['name']!r} (id {row['id']}) at {row['revoked_at']}")
+
+
+def _describe_key(row: dict[str, Any]) -> str:
+    queues = ", ".join(row["queues"]) if row["queues"] else "any"
+    types = ", ".join(row["types"]) if row["types"] else "any"
+    limits = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in row["limits"].items() if v is not None) or "none"
+    return f"queues: {queues}; types: {types}; limits: {limits}"
+
+
+def _on_database(command: str, work: Callable[[Any], Any]) -> Any:
+    """Run `work(connection)` on DATABASE_URL, at this code's schema; exits with one line if
+    the request is refused."""
+    from service import errors
+
+    settings = _settings({}, needs_database=command)
+    assert settings.database_url
+    _require_current_schema(settings.database_url, command)
+
+    async def run() -> Any:
+        import asyncpg
+
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(run())
+    except errors.InvalidRequest as exc:
+        sys.exit(f"jobq {command}: {exc}")
 
 
 for _command in console.COMMANDS:
@@ -409,6 +520,7 @@ async def _up(settings: Settings, name: str | None) -> None:
 
             _on_signals(stop)
             logger.info("jobq up: API on http://%s:%d", settings.host, settings.port)
+            await _announce_auth(settings, backend, "up")
             await asyncio.gather(server.serve(), worker.run())
         finally:
             await backend.close()
@@ -436,6 +548,7 @@ async def _serve(settings: Settings) -> None:
     app = create_app(settings)
     server = _http_server(settings, app)
     logger.info("jobq serve: API on http://%s:%d", settings.host, settings.port)
+    await _announce_auth(settings, None, "serve")
 
     def stop() -> None:
         end_streams(app)  # open event streams would hold the HTTP server up
@@ -445,6 +558,35 @@ async def _serve(settings: Settings) -> None:
 
     _on_signals(stop)
     await server.serve(sockets=[listening])
+
+
+async def _announce_auth(settings: Settings, backend: Any, command: str) -> None:
+    """Say at start whether requests need a key; warn plainly when they do not, and when they
+    do but no key exists yet."""
+    if not settings.auth_required():
+        logger.warning(
+            "AUTHENTICATION IS OFF (JOBQ_AUTH=%s): anyone who can reach http://%s:%d can submit, "
+            "read, cancel and delete every job and pause queues. Set JOBQ_AUTH=on and create "
+            "keys with `jobq keys create` to require API keys.",
+            settings.auth or "off", settings.host, settings.port)
+        return
+    import asyncpg
+
+    assert settings.database_url
+    try:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            active = await conn.fetchval("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
+        finally:
+            await conn.close()
+    except Exception as exc:  # only a message depends on it
+        logger.warning("could not count API keys: %s", exc)
+        return
+    logger.info("jobq %s: authentication on: every route but /health, /ready and the "
+                "dashboard's page needs an API key (%d active)", command, active)
+    if not active:
+        logger.warning("no API key exists yet: create the first admin key with "
+                       "`jobq keys create --name NAME --role admin`")
 
 
 async def _work(settings: Settings, name: str | None) -> None:

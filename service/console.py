@@ -53,18 +53,30 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
+def client_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """--url, --key and --json: on every command that talks to the API, and on the groups
+    (`jobq queues --url U show Q`), whose values reach the subcommand (`_group_options`)."""
+    for option in reversed([
+            click.option("--url", envvar="JOBQ_URL", default=api.DEFAULT_URL,
+                         show_default=True, help="the jobq API (env JOBQ_URL)"),
+            click.option("--key", envvar="JOBQ_KEY", default=None,
+                         help="the API key to send (env JOBQ_KEY; docs/security.md)"),
+            click.option("--json", "as_json", is_flag=True,
+                         help="print JSON instead of a table")]):
+        function = option(function)
+    return function
+
+
 def client_command(function: Callable[..., Any]) -> Callable[..., Any]:
     """Adds --url and --json, opens the client, and turns API errors into a line and an exit
     code."""
 
-    @click.option("--url", envvar="JOBQ_URL", default=api.DEFAULT_URL, show_default=True,
-                  help="the jobq API (env JOBQ_URL)")
-    @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+    @client_options
     @functools.wraps(function)
-    def wrapper(url: str, as_json: bool, **kwargs: Any) -> None:
-        url, as_json = _group_options(url, as_json)
+    def wrapper(url: str, key: str | None, as_json: bool, **kwargs: Any) -> None:
+        url, key, as_json = _group_options(url, key, as_json)
         try:
-            with api.Client(url) as http:
+            with api.Client(url, key) as http:
                 function(http, as_json, **kwargs)
         except api.ApiError as exc:
             _fail(exc.detail, EXIT_REFUSED if 400 <= exc.status < 500 else EXIT_UNAVAILABLE)
@@ -77,19 +89,23 @@ def client_command(function: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _group_options(url: str, as_json: bool) -> tuple[str, bool]:
-    """`jobq queues --url U --json pause Q` means the same as `jobq queues pause Q --url U
-    --json`: options given to the group (`queues`, `schedules`) apply to its subcommand unless
-    the subcommand gives its own."""
+def _group_options(url: str, key: str | None,
+                   as_json: bool) -> tuple[str, str | None, bool]:
+    """`jobq queues --url U --key K --json pause Q` means the same as `jobq queues pause Q
+    --url U --key K --json`: options given to the group (`queues`, `schedules`) apply to its
+    subcommand unless the subcommand gives its own."""
     context = click.get_current_context()
     parent = context.parent
     if parent is None or "url" not in parent.params:
-        return url, as_json
+        return url, key, as_json
     source = click.core.ParameterSource
     if (context.get_parameter_source("url") is not source.COMMANDLINE
             and parent.get_parameter_source("url") is source.COMMANDLINE):
         url = parent.params["url"]
-    return url, as_json or bool(parent.params.get("as_json"))
+    if ("key" in parent.params and context.get_parameter_source("key") is not source.COMMANDLINE
+            and parent.get_parameter_source("key") is source.COMMANDLINE):
+        key = parent.params["key"]
+    return url, key, as_json or bool(parent.params.get("as_json"))
 
 
 def _fail(message: str, code: int) -> None:
@@ -299,14 +315,12 @@ def _show_job(job: dict[str, Any], as_json: bool) -> None:
 
 
 @click.group(invoke_without_command=True)
-@click.option("--url", envvar="JOBQ_URL", default=api.DEFAULT_URL, show_default=True,
-              help="the jobq API (env JOBQ_URL)")
-@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@client_options
 @click.pass_context
-def queues(context: click.Context, url: str, as_json: bool) -> None:
+def queues(context: click.Context, url: str, key: str | None, as_json: bool) -> None:
     """Queues: counts and pause state (`jobq queues` alone lists them)."""
     if context.invoked_subcommand is None:
-        context.invoke(list_queues, url=url, as_json=as_json)
+        context.invoke(list_queues, url=url, key=key, as_json=as_json)
 
 
 @queues.command("list")
@@ -509,14 +523,12 @@ def workers(http: api.Client, as_json: bool) -> None:
 
 
 @click.group(invoke_without_command=True)
-@click.option("--url", envvar="JOBQ_URL", default=api.DEFAULT_URL, show_default=True,
-              help="the jobq API (env JOBQ_URL)")
-@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@client_options
 @click.pass_context
-def schedules(context: click.Context, url: str, as_json: bool) -> None:
+def schedules(context: click.Context, url: str, key: str | None, as_json: bool) -> None:
     """Recurring jobs (`jobq schedules` alone lists them)."""
     if context.invoked_subcommand is None:
-        context.invoke(list_schedules, url=url, as_json=as_json)
+        context.invoke(list_schedules, url=url, key=key, as_json=as_json)
 
 
 @schedules.command("list")

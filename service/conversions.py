@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from service import errors, jobs
+from service import auth, errors, jobs
 from service.backend import Backend
 from service.domain import formats, jobtypes, requests
 from service.storage import FileInfo, PostgresFileStore
@@ -63,11 +63,14 @@ async def submit_conversion(
     reuse: bool = True,
     timeout_seconds: float | None = None,
     job: dict[str, Any] | None = None,
+    principal: auth.Principal = auth.OPEN,
 ) -> tuple[dict[str, Any], bool]:
     """Store the uploaded files and queue their conversion, in one transaction. `job`: the
     common job options (priority, max_attempts, delay_seconds, run_at, key, callback_url,
     queue, backoff), checked like those of POST /api/v1/jobs. Returns the job and whether it
-    was created now (False: its key names an existing job, which is returned untouched)."""
+    was created now (False: its key names an existing job, which is returned untouched).
+    `principal`: the API key submitting; its rights and limits (upload bytes per day among
+    them) are checked in the same transaction, so a refused upload keeps nothing."""
     if not uploads:
         raise errors.InvalidRequest(
             "Attach the mesh as a multipart part named `file` (several for OBJ+MTL or "
@@ -83,14 +86,17 @@ async def submit_conversion(
     # The body has arrived in full (spooled) before this: a connection is held only for the
     # write, and only by as many uploads at once as the backend allows.
     async with backend.bulk_writes, backend.transaction() as conn:
-        [(job_id, created)] = await jobs.enqueue_keyed(conn, [request], with_files=True)
+        [(job_id, created)] = await jobs.enqueue_keyed(conn, [request], with_files=True,
+                                                       principal=principal)
         if created:
-            await _store(conn, store, job_id, uploads, names, max_upload_bytes)
+            size = await _store(conn, store, job_id, uploads, names, max_upload_bytes)
+            await auth.charge_upload(conn, principal, size)
     return await jobs.get_job(backend, job_id), created
 
 
 async def _store(conn: asyncpg.Connection, store: PostgresFileStore, job_id: uuid.UUID,
-                 uploads: list[Upload], names: list[str], max_upload_bytes: int) -> None:
+                 uploads: list[Upload], names: list[str], max_upload_bytes: int) -> int:
+    """Store the uploads as the job's inputs; returns their bytes together."""
     remaining = max_upload_bytes
     for position, (upload, name) in enumerate(zip(uploads, names, strict=True)):
         stored = await store.save(conn, upload.chunks, name, upload.content_type,
@@ -101,6 +107,7 @@ async def _store(conn: asyncpg.Connection, store: PostgresFileStore, job_id: uui
                 [errors.FieldError("file", "empty")])
         remaining -= stored.size
         await link(conn, job_id, "input", position, stored.id)
+    return max_upload_bytes - remaining
 
 
 def _number(raw: str, field: str, kind: type) -> Any:
@@ -187,9 +194,11 @@ async def job_files(backend: Backend, job_id: uuid.UUID, role: str) -> list[File
     return [FileInfo(**dict(r)) for r in rows]
 
 
-async def output(backend: Backend, job_id: uuid.UUID) -> tuple[FileInfo, str]:
-    """A job's output file and the name to download it as; NotFound until it exists."""
-    job = await jobs.get_job(backend, job_id)
+async def output(backend: Backend, job_id: uuid.UUID,
+                 scope: uuid.UUID | None = None) -> tuple[FileInfo, str]:
+    """A job's output file and the name to download it as; NotFound until it exists (and for
+    another API key's job, with `scope`)."""
+    job = await jobs.get_job(backend, job_id, scope)
     outputs = await job_files(backend, job_id, "output")
     if not outputs:
         raise errors.NotFound(

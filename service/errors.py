@@ -110,3 +110,19 @@ class JobTimeout(JobFailure):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"The job ran longer than its timeout of {seconds:g} s and was stopped.")
         self.seconds = seconds
+
+
+class Unauthorized(ServiceError):
+    """The request carries no valid credentials (an API key or a dashboard session)."""
+
+
+class Forbidden(ServiceError):
+    """The caller is known but may not do this; the message says what it may do instead."""
+
+
+class TooManyRequests(ServiceError):
+    """A per-key limit or quota is reached; `retry_after` seconds is when to try again."""
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, int(retry_after + 0.999))

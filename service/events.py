@@ -116,6 +116,8 @@ class StatusChange:
     worker: str | None
     message: str | None
     error: dict[str, Any] | None
+    owner: uuid.UUID | None = None
+    """The API key that submitted the job (streams of a submitter carry only its own)."""
 
     @property
     def is_terminal(self) -> bool:
@@ -134,6 +136,7 @@ class ProgressChange:
     message: str | None
     at: datetime
     stamp: int
+    owner: uuid.UUID | None = None
 
 
 RESYNC = "resync"
@@ -148,10 +151,10 @@ CLOSED = "closed"
 # scan a long history).
 _EVENT_ROWS = """
 SELECT e.id, e.job_id, e.at, e.event, e.attempt, e.worker_name, e.message, e.error,
-       o.queue, o.type, o.status, o.scheduled_at
+       o.queue, o.type, o.status, o.scheduled_at, o.api_key_id
 FROM {source}
 CROSS JOIN LATERAL (
-    SELECT v.queue, v.type, v.status, v.scheduled_at FROM job_overview AS v
+    SELECT v.queue, v.type, v.status, v.scheduled_at, v.api_key_id FROM job_overview AS v
     WHERE v.id = e.job_id OFFSET 0
 ) AS o
 """
@@ -174,12 +177,13 @@ _EVENTS_BETWEEN = _EVENT_ROWS.format(source="job_events AS e") + """
 WHERE e.id > $1 AND e.id <= $2
   AND (cardinality($3::text[]) = 0 OR o.queue = ANY ($3))
   AND (cardinality($4::text[]) = 0 OR o.type = ANY ($4))
+  AND ($5::uuid IS NULL OR o.api_key_id = $5)
 ORDER BY e.id
 """
 
 _PROGRESS = """
 SELECT o.id, o.queue, o.type, o.status, o.progress, o.stage, o.progress_message,
-       o.progress_updated_at
+       o.progress_updated_at, o.api_key_id
 FROM unnest($1::uuid[]) AS i(id)
 CROSS JOIN LATERAL (SELECT * FROM job_overview AS v WHERE v.id = i.id OFFSET 0) AS o
 WHERE o.progress_updated_at IS NOT NULL
@@ -187,7 +191,7 @@ WHERE o.progress_updated_at IS NOT NULL
 
 _RUNNING_PROGRESS_AFTER = """
 SELECT o.id, o.queue, o.type, o.status, o.progress, o.stage, o.progress_message,
-       o.progress_updated_at
+       o.progress_updated_at, o.api_key_id
 FROM procrastinate_jobs AS pj
 CROSS JOIN LATERAL (
     SELECT * FROM job_overview AS v WHERE v.queue_job_id = pj.id OFFSET 0
@@ -196,6 +200,7 @@ WHERE pj.status = 'doing'
   AND o.progress_updated_at > $1
   AND (cardinality($2::text[]) = 0 OR o.queue = ANY ($2))
   AND (cardinality($3::text[]) = 0 OR o.type = ANY ($3))
+  AND ($4::uuid IS NULL OR o.api_key_id = $4)
 """
 
 
@@ -206,14 +211,14 @@ def _status_change(row: asyncpg.Record) -> StatusChange:
     return StatusChange(
         id=row["id"], job_id=row["job_id"], queue=row["queue"], type=row["type"], at=row["at"],
         event=row["event"], status=status, attempt=row["attempt"], worker=row["worker_name"],
-        message=row["message"], error=row["error"])
+        message=row["message"], error=row["error"], owner=row["api_key_id"])
 
 
 def _progress_change(row: asyncpg.Record) -> ProgressChange:
     return ProgressChange(
         job_id=row["id"], queue=row["queue"], type=row["type"], progress=row["progress"],
         stage=row["stage"], message=row["progress_message"], at=row["progress_updated_at"],
-        stamp=stamp(row["progress_updated_at"]))
+        stamp=stamp(row["progress_updated_at"]), owner=row["api_key_id"])
 
 
 async def read_ranges(conn: asyncpg.Connection, ranges: list[tuple[int, int]],
@@ -254,15 +259,17 @@ class Subscription:
     """One open stream's inbox: the changes it asked for, RESYNC or CLOSED."""
 
     def __init__(self, job_id: uuid.UUID | None, queues: frozenset[str],
-                 types: frozenset[str]) -> None:
+                 types: frozenset[str], owner: uuid.UUID | None = None) -> None:
         self.job_id = job_id
         self.queues = queues
         self.types = types
+        self.owner = owner
         self._inbox: asyncio.Queue[Any] = asyncio.Queue(QUEUE_SIZE)
 
-    def wants(self, queue: str, job_type: str) -> bool:
-        return (not self.queues or queue in self.queues) and (
-            not self.types or job_type in self.types)
+    def wants(self, change: StatusChange | ProgressChange) -> bool:
+        return ((not self.queues or change.queue in self.queues)
+                and (not self.types or change.type in self.types)
+                and (self.owner is None or change.owner == self.owner))
 
     def offer(self, item: Any) -> None:
         """Never blocks the hub: a stream too slow to keep up is told to read again."""
@@ -301,14 +308,15 @@ class EventHub:
         return len(self._everything) + sum(len(s) for s in self._by_job.values())
 
     async def subscribe(self, job_id: uuid.UUID | None = None,
-                        queues: Iterable[str] = (), types: Iterable[str] = ()) -> Subscription:
+                        queues: Iterable[str] = (), types: Iterable[str] = (),
+                        owner: uuid.UUID | None = None) -> Subscription:
         """A subscription that receives every change committed from now on (the hub is
         listening when this returns); DatabaseUnavailable if it cannot listen."""
         if self._closed:
             raise errors.DatabaseUnavailable("This API process is shutting down.")
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="event hub")
-        subscription = Subscription(job_id, frozenset(queues), frozenset(types))
+        subscription = Subscription(job_id, frozenset(queues), frozenset(types), owner)
         if job_id is None:
             self._everything.add(subscription)
         else:
@@ -431,7 +439,7 @@ class EventHub:
         for subscription in self._by_job.get(change.job_id, ()):
             subscription.offer(change)
         for subscription in self._everything:
-            if subscription.wants(change.queue, change.type):
+            if subscription.wants(change):
                 subscription.offer(change)
 
 
@@ -543,9 +551,10 @@ class _Recent:
 
 async def follow_all(hub: EventHub, backend: Backend, queues: frozenset[str],
                      types: frozenset[str], cursor: Cursor | None,
-                     heartbeat: float) -> AsyncIterator[Item]:
-    """Every job's changes (of these queues and types, if given), from now or from `cursor`."""
-    subscription = await hub.subscribe(queues=queues, types=types)
+                     heartbeat: float, owner: uuid.UUID | None = None) -> AsyncIterator[Item]:
+    """Every job's changes (of these queues and types, if given; of the jobs API key `owner`
+    submitted, if given), from now or from `cursor`."""
+    subscription = await hub.subscribe(queues=queues, types=types, owner=owner)
     recent = _Recent()
     try:
         if cursor is None:
@@ -555,7 +564,7 @@ async def follow_all(hub: EventHub, backend: Backend, queues: frozenset[str],
                     stamp(await conn.fetchval("SELECT now()")))
             yield Item("heartbeat", cursor)  # opens the stream at once
         else:
-            async for item in _replay(backend, queues, types, cursor, recent):
+            async for item in _replay(backend, queues, types, cursor, recent, owner):
                 cursor = item.cursor
                 yield item
         while True:
@@ -565,7 +574,7 @@ async def follow_all(hub: EventHub, backend: Backend, queues: frozenset[str],
             elif change == CLOSED:
                 return
             elif change == RESYNC:
-                async for item in _replay(backend, queues, types, cursor, recent):
+                async for item in _replay(backend, queues, types, cursor, recent, owner):
                     cursor = item.cursor
                     yield item
             elif isinstance(change, StatusChange):
@@ -580,16 +589,18 @@ async def follow_all(hub: EventHub, backend: Backend, queues: frozenset[str],
 
 
 async def _replay(backend: Backend, queues: frozenset[str], types: frozenset[str],
-                  cursor: Cursor, recent: _Recent) -> AsyncIterator[Item]:
+                  cursor: Cursor, recent: _Recent,
+                  owner: uuid.UUID | None = None) -> AsyncIterator[Item]:
     """Events after the cursor (at most REPLAY_WINDOW ids back: a `gap` item says what was
     skipped) and the progress of running jobs reported since."""
     async with backend.connection() as conn:
         newest = await conn.fetchval("SELECT coalesce(max(id), 0) FROM job_events")
         start = max(cursor.event_id, newest - REPLAY_WINDOW)
-        changes = await conn.fetch(_EVENTS_BETWEEN, start, newest, list(queues), list(types))
+        changes = await conn.fetch(_EVENTS_BETWEEN, start, newest, list(queues), list(types),
+                                   owner)
         progress = await conn.fetch(
             _RUNNING_PROGRESS_AFTER, _EPOCH + timedelta(microseconds=cursor.progress_us),
-            list(queues), list(types))
+            list(queues), list(types), owner)
     if start > cursor.event_id:
         cursor = replace(cursor, event_id=start)
         yield Item("gap", cursor, {"skipped_through": start})

@@ -13,9 +13,9 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from service import errors
+from service import auth, errors
 from service.backend import Backend
-from service.domain import limits, requests
+from service.domain import jobtypes, limits, requests
 
 # The request type and its limits, under the names Python callers have used (jobs.JobRequest).
 from service.domain.requests import MAX_BATCH, QUEUE_NAME, JobRequest  # noqa: F401
@@ -37,22 +37,41 @@ async def enqueue(
 
 async def enqueue_keyed(
     conn: asyncpg.Connection, jobs: list[requests.JobRequest], with_files: bool = False,
-    batch: bool = False,
+    batch: bool = False, principal: auth.Principal = auth.OPEN,
 ) -> list[tuple[uuid.UUID, bool]]:
     """As `enqueue`, with whether each job was created now (False: its key named a job).
-    Errors name fields as `jobs[i].…` for a batch (or more than one request)."""
+    Errors name fields as `jobs[i].…` for a batch (or more than one request). `principal`:
+    the API key submitting (its rights and limits are checked, and the jobs record it); a
+    job's `key` names a job of the same API key only."""
     prefix = (lambda i: f"jobs[{i}].") if batch or len(jobs) > 1 else (lambda i: "")
-    planned = [requests.plan(r, prefix=prefix(i), with_files=with_files)
+    planned = [requests.plan(with_key_timeout(principal, r), prefix=prefix(i),
+                             with_files=with_files)
                for i, r in enumerate(jobs)]
     _check_keys_differ(planned, prefix)
     keys = [p.request.key for p in planned if p.request.key is not None]
-    held = await submit.existing_keys(conn, keys) if keys else {}
+    held = await submit.existing_keys(conn, keys, principal.key_id) if keys else {}
     new = [p for p in planned if p.request.key not in held]
     if new:
+        await auth.admit(conn, principal, new, "jobs" if batch or len(jobs) > 1 else "")
         with _queueing_lock_conflict(), _key_conflict():
-            await submit.write(conn, new)
+            await submit.write(conn, auth.for_key(principal, new))
     return [(held[p.request.key], False) if p.request.key in held else (p.id, True)
             for p in planned]
+
+
+def with_key_timeout(principal: auth.Principal,
+                     request: requests.JobRequest) -> requests.JobRequest:
+    """A request that gives no timeout gets the key's longest one if the type's default is
+    longer (docs/security.md)."""
+    if request.timeout_seconds is not None or principal.limits.max_timeout_seconds is None:
+        return request
+    try:
+        default = jobtypes.get(request.type).timeout.total_seconds()
+    except errors.UnknownJobType:
+        return request  # plan() says what is wrong
+    capped = auth.default_timeout(principal, default)
+    return request if capped is None else msgspec.structs.replace(request,
+                                                                  timeout_seconds=capped)
 
 
 def _check_keys_differ(planned: list[requests.Planned], prefix) -> None:
@@ -96,58 +115,73 @@ def _queueing_lock_conflict() -> Iterator[None]:
 
 
 async def submit_job(
-    backend: Backend, request: requests.JobRequest, idempotency_key: str | None = None
+    backend: Backend, request: requests.JobRequest, idempotency_key: str | None = None,
+    principal: auth.Principal = auth.OPEN,
 ) -> tuple[dict[str, Any], bool]:
     """Accept one job; returns the job and whether it was created now (False: a replay of
-    the Idempotency-Key, or its key names an existing job)."""
-    planned = requests.plan(request)
+    the Idempotency-Key, or its key names an existing job). Idempotency-Keys and job keys
+    name the jobs of the same API key only."""
+    planned = requests.plan(with_key_timeout(principal, request))
+    auth.check_allowed(principal, [planned])
+    owner = principal.key_id
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= 255:
             raise errors.InvalidRequest("The Idempotency-Key header must be 1-255 characters.")
-        existing = await _replayed(backend, idempotency_key, planned.fingerprint)
+        existing = await _replayed(backend, idempotency_key, planned.fingerprint, owner)
         if existing is not None:
             return existing, False
     key = planned.request.key
-    if key is not None and (holder := await _by_key(backend, key)) is not None:
+    if key is not None and (holder := await _by_key(backend, key, owner)) is not None:
         return holder, False
     try:
-        async with backend.connection() as conn:
+        async with (backend.connection() if owner is None else backend.transaction()) as conn:
+            await auth.admit(conn, principal, [planned])
             with _queueing_lock_conflict():
-                [job] = await submit.write(conn, [planned], idempotency_key, overview=True)
+                [job] = await submit.write(conn, auth.for_key(principal, [planned]),
+                                           idempotency_key, overview=True)
     except asyncpg.UniqueViolationError as exc:
         # Another request with the same Idempotency-Key or key won the race: answer with its
         # job, as a replay.
         if key is not None and submit.is_key_taken(exc):
-            holder = await _by_key(backend, key)
+            holder = await _by_key(backend, key, owner)
             if holder is not None:
                 return holder, False
         if idempotency_key is None or exc.constraint_name != "uq_jobs_idempotency_key":
             raise
-        existing = await _replayed(backend, idempotency_key, planned.fingerprint)
+        existing = await _replayed(backend, idempotency_key, planned.fingerprint, owner)
         assert existing is not None
         return existing, False
     return job, True
 
 
-async def _by_key(backend: Backend, key: str) -> dict[str, Any] | None:
+_SAME_KEY = "coalesce(api_key_id, '00000000-0000-0000-0000-000000000000'::uuid) = " \
+    "coalesce($2::uuid, '00000000-0000-0000-0000-000000000000'::uuid)"
+"""The jobs of the API key $2 (NULL: those submitted with no key), by the unique indexes."""
+
+
+async def _by_key(backend: Backend, key: str, owner: uuid.UUID | None) -> dict[str, Any] | None:
     async with backend.connection() as conn:
-        row = await conn.fetchrow("SELECT * FROM job_overview WHERE key = $1", key)
+        row = await conn.fetchrow(
+            f"SELECT * FROM job_overview WHERE id = (SELECT id FROM jobs WHERE key = $1 "
+            f"AND {_SAME_KEY})", key, owner)
     return None if row is None else dict(row)
 
 
-async def get_job_by_key(backend: Backend, key: str) -> dict[str, Any]:
-    """The job that holds `key`, or NotFound."""
-    job = await _by_key(backend, key)
+async def get_job_by_key(backend: Backend, key: str,
+                         owner: uuid.UUID | None = None) -> dict[str, Any]:
+    """The job of API key `owner` (None: no key) that holds `key`, or NotFound."""
+    job = await _by_key(backend, key, owner)
     if job is None:
         raise errors.NotFound(f"No job with key {key!r}.")
     return job
 
 
-async def _replayed(backend: Backend, key: str, fingerprint: str) -> dict[str, Any] | None:
+async def _replayed(backend: Backend, key: str, fingerprint: str,
+                    owner: uuid.UUID | None) -> dict[str, Any] | None:
     async with backend.connection() as conn:
         row = await conn.fetchrow(
-            "SELECT id, request_fingerprint FROM jobs WHERE idempotency_key = $1", key
-        )
+            f"SELECT id, request_fingerprint FROM jobs WHERE idempotency_key = $1 AND {_SAME_KEY}",
+            key, owner)
     if row is None:
         return None
     if row["request_fingerprint"] != fingerprint:
@@ -158,27 +192,35 @@ async def _replayed(backend: Backend, key: str, fingerprint: str) -> dict[str, A
     return await get_job(backend, row["id"])
 
 
-async def submit_batch(backend: Backend, jobs: list[requests.JobRequest]) -> list[uuid.UUID]:
+async def submit_batch(backend: Backend, jobs: list[requests.JobRequest],
+                       principal: auth.Principal = auth.OPEN) -> list[uuid.UUID]:
     """Accept up to MAX_BATCH jobs, all or nothing (a request whose key names an existing job
-    gets that job's id)."""
+    of the same API key gets that job's id)."""
     if not 1 <= len(jobs) <= MAX_BATCH:
         raise errors.InvalidRequest(
             f"A batch holds 1 to {MAX_BATCH} jobs; this one has {len(jobs)}.",
             [errors.FieldError("jobs", f"must hold 1 to {MAX_BATCH} jobs")],
         )
-    if not any(r.key for r in jobs):  # one statement, no transaction to open
+    if not any(r.key for r in jobs) and principal.key_id is None:
+        # one statement, no transaction to open
         planned = [requests.plan(r, prefix=f"jobs[{i}].") for i, r in enumerate(jobs)]
         async with backend.connection() as conn:
             with _queueing_lock_conflict():
                 await submit.write(conn, planned)
         return [p.id for p in planned]
     async with backend.transaction() as conn:
-        return [job_id for job_id, _ in await enqueue_keyed(conn, jobs, batch=True)]
+        return [job_id for job_id, _ in await enqueue_keyed(conn, jobs, batch=True,
+                                                              principal=principal)]
 
 
-async def get_job(backend: Backend, job_id: uuid.UUID) -> dict[str, Any]:
+async def get_job(backend: Backend, job_id: uuid.UUID,
+                  scope: uuid.UUID | None = None) -> dict[str, Any]:
+    """The job, or JobNotFound; with `scope`, only a job that API key submitted (another
+    key's job is not found, exactly as a job that does not exist)."""
     async with backend.connection() as conn:
-        row = await conn.fetchrow("SELECT * FROM job_overview WHERE id = $1", job_id)
+        row = await conn.fetchrow(
+            "SELECT * FROM job_overview WHERE id = $1 AND ($2::uuid IS NULL OR api_key_id = $2)",
+            job_id, scope)
     if row is None:
         raise errors.JobNotFound(job_id)
     return dict(row)
@@ -215,9 +257,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 async def list_jobs(
-    backend: Backend, filters: JobFilter, limit: int = 50, cursor: str | None = None
+    backend: Backend, filters: JobFilter, limit: int = 50, cursor: str | None = None,
+    scope: uuid.UUID | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Jobs newest first, one page; the second value is the cursor of the next page."""
+    """Jobs newest first, one page; the second value is the cursor of the next page. With
+    `scope`, only the jobs that API key submitted."""
     if not 1 <= limit <= MAX_LIST_LIMIT:
         raise errors.InvalidRequest(
             f"limit must be between 1 and {MAX_LIST_LIMIT}.",
@@ -237,12 +281,13 @@ async def list_jobs(
           AND ($5::timestamptz IS NULL OR created_at < $5)
           AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid))
           AND ($9::text IS NULL OR key = $9)
+          AND ($10::uuid IS NULL OR api_key_id = $10)
         ORDER BY created_at DESC, id DESC
         LIMIT $8
         """,
         filters.status.value if filters.status else None, filters.type, filters.queue,
         created_after, created_before, after[0], after[1], limit + 1,
-        filters.key,
+        filters.key, scope,
     )
     items = rows[:limit]
     return items, encode_cursor(items[-1]) if len(rows) > limit else None
@@ -264,9 +309,19 @@ async def _fetch(backend: Backend, query: str, *args: Any) -> list[dict[str, Any
         return [dict(r) for r in await conn.fetch(query, *args)]
 
 
-async def job_history(backend: Backend, job_id: uuid.UUID) -> dict[str, list[dict[str, Any]]]:
-    """Every state change and every attempt of a job, oldest first."""
-    await get_job(backend, job_id)
+async def count_by_status(backend: Backend, job_type: str,
+                          scope: uuid.UUID) -> dict[str, int]:
+    """How many jobs of this type API key `scope` has, per public status."""
+    rows = await _fetch(
+        backend, "SELECT status, count(*) AS n FROM job_overview WHERE api_key_id = $1 "
+        "AND type = $2 GROUP BY status", scope, job_type)
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def job_history(backend: Backend, job_id: uuid.UUID,
+                      scope: uuid.UUID | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Every state change and every attempt of a job, oldest first (`scope`: see get_job)."""
+    await get_job(backend, job_id, scope)
     events = await _fetch(
         backend,
         "SELECT at, event, attempt, worker_name, message, error FROM job_events "
@@ -299,15 +354,19 @@ async def _change(backend: Backend, function: str, job_id: uuid.UUID) -> tuple[s
     return row["verdict"], Status(row["prior_status"])
 
 
-async def cancel_job(backend: Backend, job_id: uuid.UUID) -> dict[str, Any]:
-    """Queued or scheduled: cancelled now. Running: its worker is told to stop."""
+async def cancel_job(backend: Backend, job_id: uuid.UUID,
+                     scope: uuid.UUID | None = None) -> dict[str, Any]:
+    """Queued or scheduled: cancelled now. Running: its worker is told to stop. With
+    `scope`, only a job of that API key (the key that submitted a job never changes)."""
+    if scope is not None:
+        await get_job(backend, job_id, scope)
     verdict, status = await _change(backend, "jobq_cancel_job", job_id)
     if verdict == "refused":
         raise errors.InvalidTransition(
             f"Job {job_id} is {status.value}; only queued, scheduled or running jobs "
             "can be cancelled."
         )
-    return await get_job(backend, job_id)
+    return await get_job(backend, job_id, scope)
 
 
 async def retry_job(backend: Backend, job_id: uuid.UUID) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from ipaddress import ip_network
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -80,6 +80,27 @@ def _hosts(name: str, raw: str) -> tuple[str, ...]:
                 f"{name} must be comma-separated host names without ports, e.g. "
                 f"localhost,jobq.example.com,*.example.com,[::1], got {host!r}")
     return hosts
+
+
+AUTH_MODES = ("on", "off", "off-any-address")
+
+
+def _auth(name: str, raw: str) -> str | None:
+    mode = raw.strip().lower()
+    if not mode:
+        return None
+    if mode not in AUTH_MODES:
+        raise SettingsError(f"{name} must be one of {', '.join(AUTH_MODES)}, got {raw!r}")
+    return mode
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _database_url(name: str, raw: str) -> str | None:
@@ -193,6 +214,12 @@ class Settings:
         "JOBQ_CORS_ORIGINS",
         "origins other web sites' pages may call the API from (CORS), comma-separated, e.g. "
         "`https://app.example.com`; `*` any", _list, shown="none: CORS closed")] = ()
+    auth: Annotated[str | None, Var(
+        "JOBQ_AUTH",
+        "API keys required (`on`), or not: `off` is refused unless the API listens on a "
+        "loopback address; `off-any-address` allows it anywhere, for a proxy that "
+        "authenticates (docs/security.md)", _auth,
+        shown="`on`; `jobq up` on a loopback address: `off`")] = None
     extra: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Unrecognised `JOBQ_*` variables, kept to warn about typos."""
 
@@ -200,6 +227,15 @@ class Settings:
         for f, var in DECLARED:
             _check_value(var, getattr(self, f.name))
         _check_together(self)
+
+    def auth_required(self, default: str = "on") -> bool:
+        """Whether requests need an API key: JOBQ_AUTH, else `default` (the command's)."""
+        return (self.auth or default) == "on"
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the API listens on a loopback address only."""
+        return _loopback(self.host)
 
 
 # Besides its jobs, a worker holds up to three connections at once: claiming, recording
@@ -218,6 +254,11 @@ def _check_together(s: Settings) -> None:
             f"JOBQ_STALL_TIMEOUT_SECONDS ({shown(s.stall_timeout)}) must be more than "
             f"{STALL_HEARTBEATS} x JOBQ_HEARTBEAT_SECONDS ({shown(s.heartbeat_interval)}), "
             "or live workers are presumed dead")
+    if s.auth == "off" and not s.loopback:
+        raise SettingsError(
+            f"JOBQ_AUTH=off opens every route to anyone who can reach {s.host}, which is not a "
+            "loopback address: use API keys (JOBQ_AUTH=on), listen on 127.0.0.1, or, behind a "
+            "proxy that authenticates, set JOBQ_AUTH=off-any-address")
     if s.pool_size < WORKER_OWN_CONNECTIONS + 1:
         raise SettingsError(
             f"JOBQ_POOL_SIZE ({s.pool_size}) must be at least {WORKER_OWN_CONNECTIONS + 1}: a "
@@ -238,6 +279,9 @@ def _declared() -> list[tuple[dataclasses.Field, Var]]:
 
 
 DECLARED = _declared()
+CLIENT_VARIABLES = frozenset({"JOBQ_URL", "JOBQ_KEY"})
+"""Read by the commands that call the API (service/console.py: --url, --key), not by a jobq
+process: known, so not warned about as typos, and not settings of the service."""
 KNOWN_VARIABLES = frozenset(var.env for _, var in DECLARED)
 
 
@@ -257,7 +301,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from `DATABASE_URL` and `JOBQ_*` variables; SettingsError names a bad one."""
     env = os.environ if env is None else env
     values = {f.name: var.parse(var.env, env[var.env]) for f, var in DECLARED if var.env in env}
-    extra = {k: v for k, v in env.items() if k.startswith("JOBQ_") and k not in KNOWN_VARIABLES}
+    extra = {k: v for k, v in env.items() if k.startswith("JOBQ_")
+             and k not in KNOWN_VARIABLES | CLIENT_VARIABLES}
     return Settings(**values, extra=extra)
 
 

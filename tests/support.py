@@ -42,7 +42,7 @@ def serve_and_work(database_url: str, logs: Path, worker_name: str,
     port = free_port()
     environment = {**os.environ, "DATABASE_URL": database_url, "JOBQ_POLL_SECONDS": "0.2",
                    "JOBQ_HEARTBEAT_SECONDS": "1", "JOBQ_PROGRESS_INTERVAL_SECONDS": "0.05",
-                   "JOBQ_CONVERSION_PROCESSES": "1", **(env or {})}
+                   "JOBQ_CONVERSION_PROCESSES": "1", "JOBQ_AUTH": "off", **(env or {})}
     processes = []
     for name, args in [("serve", ["serve", "--port", str(port)]),
                        ("worker", ["worker", "--concurrency", "4", "--name", worker_name])]:

@@ -10,7 +10,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from service.api import compat, dashboard, guards, openapi, ops
+from service.api import access, compat, dashboard, guards, keys, openapi, ops
 from service.api import conversions as conversion_routes
 from service.api import errors as api_errors
 from service.api import events as event_routes
@@ -23,7 +23,9 @@ from service.settings import Settings
 
 
 def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
-    """The API. Opens its own Backend on start-up unless one is given (tests, `jobq up`)."""
+    """The API. Opens its own Backend on start-up unless one is given (tests, `jobq up`).
+    Every route needs an API key unless `settings.auth` turns that off (`jobq up` resolves
+    its own default before it calls this): service/api/access.py."""
     owns_backend = backend is None
 
     async def open_backend(app: Litestar) -> None:
@@ -59,11 +61,14 @@ def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
             metric_routes.prometheus,
             *compat.ROUTES,
             *dashboard.ROUTES,
+            *keys.ROUTES,
         ],
+        guards=[access.guard],
         dependencies={
             "backend": Provide(provide_backend, sync_to_thread=False),
             "settings": Provide(lambda: settings, sync_to_thread=False),
             "hub": Provide(event_routes.provide_hub, sync_to_thread=False),
+            "principal": Provide(access.provide_principal, sync_to_thread=False),
         },
         exception_handlers=api_errors.EXCEPTION_HANDLERS,
         before_request=guards.before_request,
@@ -80,7 +85,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> Litestar:
         # The document is completed once per process (it takes 0.1 s: not per app in tests).
         on_startup=[openapi.finish, open_backend],
         on_shutdown=[close_backend],
-        state=State({"backend": backend}),
+        state=State({"backend": backend, "auth_required": settings.auth_required()}),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="jobq",

@@ -12,14 +12,17 @@ from litestar.params import FromPath
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_400_BAD_REQUEST,
+    HTTP_401_UNAUTHORIZED,
+    HTTP_403_FORBIDDEN,
     HTTP_404_NOT_FOUND,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_429_TOO_MANY_REQUESTS,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
-from service import conversions, errors, jobs, queues
+from service import auth, conversions, errors, jobs, queues
+from service.api import access, schemas, shapes
 from service.api import conversions as conversion_routes
-from service.api import schemas, shapes
 from service.api.openapi import answers
 from service.backend import Backend
 from service.domain import jobtypes, requests
@@ -45,6 +48,13 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 def _v2_errors(exc: Exception) -> Response:
     if isinstance(exc, errors.NotFound):
         return _error(HTTP_404_NOT_FOUND, "Job not found")
+    if isinstance(exc, errors.Unauthorized):
+        return _error(HTTP_401_UNAUTHORIZED, str(exc),
+                      {"WWW-Authenticate": 'Bearer realm="jobq"'})
+    if isinstance(exc, errors.Forbidden):
+        return _error(HTTP_403_FORBIDDEN, str(exc))
+    if isinstance(exc, errors.TooManyRequests):
+        return _error(HTTP_429_TOO_MANY_REQUESTS, str(exc), {"Retry-After": str(exc.retry_after)})
     if isinstance(exc, errors.FileTooLarge | errors.TooLarge):
         return _error(HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(exc))
     if isinstance(exc, errors.DatabaseUnavailable):
@@ -107,9 +117,10 @@ def _v2_backoff(raw: str) -> requests.Backoff:
         f"got {raw!r}.", [errors.FieldError("backoff", "not a BullMQ backoff")])
 
 
-async def _conversion(backend: Backend, job_id: str) -> dict[str, Any]:
-    """A conversion job; any other job does not exist as far as /api/v2 is concerned."""
-    job = await jobs.get_job(backend, schemas.parse_job_id(job_id))
+async def _conversion(backend: Backend, job_id: str, principal: auth.Principal) -> dict[str, Any]:
+    """A conversion job (of this key, for a submitter); any other job does not exist as far
+    as /api/v2 is concerned."""
+    job = await jobs.get_job(backend, schemas.parse_job_id(job_id), principal.scope)
     if job["type"] != jobtypes.MESH_CONVERT.name:
         raise errors.JobNotFound(job_id)
     return job
@@ -118,26 +129,32 @@ async def _conversion(backend: Backend, job_id: str) -> dict[str, Any]:
 @post(f"{V2}/convert", status_code=HTTP_200_OK, tags=["v2 (BullMQ-era)"],
       summary="Upload a mesh (multipart: file, format = glb; BullMQ's priority, attempts, "
       "delay, jobId, backoff)", request_max_body_size=None,
-      responses=answers(shapes.V2Submitted, 413, 503, v2=True), opt={"form": shapes.V2_FORM},
-      exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)})
+      exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)},
+      responses=answers(shapes.V2Submitted, 413, 503, v2=True),
+      opt={**access.rule("submitter"), "form": shapes.V2_FORM})
 async def convert(
-    request: Request, backend: NamedDependency[Backend], settings: NamedDependency[Settings]
+    request: Request, backend: NamedDependency[Backend], settings: NamedDependency[Settings],
+    principal: NamedDependency[auth.Principal],
 ) -> dict[str, str]:
-    async with await conversion_routes.read_form(request, settings) as form:
+    await conversion_routes.check_length(request, settings, backend, principal)
+    async with (auth.upload_slot(backend, principal),
+                await conversion_routes.read_form(request, settings) as form):
         options = v2_job_options(form.fields)
         job, _ = await conversions.submit_conversion(
             backend, conversion_routes.uploads(form), form.fields.get("format") or "glb", {},
-            settings.max_upload_bytes, job=options)
+            settings.max_upload_bytes, job=options, principal=principal)
     job_id = str(job["id"])
     return {"message": "Conversion job submitted", "jobId": job_id,
             "statusUrl": f"{V2}/status/{job_id}"}
 
 
 @get(f"{V2}/status/{{job_id:str}}", tags=["v2 (BullMQ-era)"], summary="A job's state",
+     exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)},
      responses=answers(shapes.V2Status, 404, 503, v2=True),
-     exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)})
-async def status(backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict[str, Any]:
-    job = await _conversion(backend, job_id)
+     opt=access.rule("submitter"))
+async def status(backend: NamedDependency[Backend], principal: NamedDependency[auth.Principal],
+                 job_id: FromPath[str]) -> dict[str, Any]:
+    job = await _conversion(backend, job_id, principal)
     body: dict[str, Any] = {"jobId": str(job["id"]), "status": BULLMQ_STATUS[job["status"]],
                             "progress": job["progress"]}
     if job["status"] == "succeeded":
@@ -146,17 +163,26 @@ async def status(backend: NamedDependency[Backend], job_id: FromPath[str]) -> di
         body["converter"] = result.get("converter")
         body["duration"] = result.get("duration_ms")
     elif job["status"] == "failed":
-        body["error"] = (job["error"] or {}).get("message", "Conversion failed")
+        body["error"] = (schemas.public_error(job["error"], principal)
+                         or {}).get("message", "Conversion failed")
     elif job["status"] == "cancelled":
         body["error"] = "Job was cancelled"
     return body
 
 
-@get(f"{V2}/queue/stats", tags=["v2 (BullMQ-era)"], summary="Counts of conversion jobs",
+@get(f"{V2}/queue/stats", tags=["v2 (BullMQ-era)"],
+     summary="Counts of conversion jobs (a submitter's own only)",
+     exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)},
      responses=answers(shapes.V2Stats, 503, v2=True),
-     exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)})
-async def stats(backend: NamedDependency[Backend]) -> dict[str, int]:
+     opt=access.rule("submitter"))
+async def stats(backend: NamedDependency[Backend],
+                principal: NamedDependency[auth.Principal]) -> dict[str, int]:
     counts = {"waiting": 0, "active": 0, "completed": 0, "failed": 0, "delayed": 0}
+    if principal.scope is not None:  # a submitter: its own conversions only
+        for ours, n in (await jobs.count_by_status(backend, jobtypes.MESH_CONVERT.name,
+                                                   principal.scope)).items():
+            counts[BULLMQ_STATUS[ours]] += n
+        return counts
     for queue in await queues.queue_stats(backend):
         if queue["name"] != jobtypes.get("mesh.convert").queue:
             continue
@@ -166,16 +192,20 @@ async def stats(backend: NamedDependency[Backend]) -> dict[str, int]:
 
 
 @delete(f"{V2}/jobs/{{job_id:str}}", status_code=HTTP_200_OK, tags=["v2 (BullMQ-era)"],
-        summary="Cancel a waiting job, or remove a finished one",
+        summary="Cancel a waiting job, or remove a finished one (removing needs the operator "
+        "role)", exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)},
         responses=answers(shapes.V2Removed, 404, 503, v2=True),
-        exception_handlers={errors.ServiceError: lambda _, exc: _v2_errors(exc)})
-async def remove(backend: NamedDependency[Backend], job_id: FromPath[str]) -> Response:
-    job = await _conversion(backend, job_id)
+        opt=access.rule("submitter"))
+async def remove(backend: NamedDependency[Backend], principal: NamedDependency[auth.Principal],
+                 job_id: FromPath[str]) -> Response:
+    job = await _conversion(backend, job_id, principal)
     parsed = job["id"]
     if job["status"] == "running":
         return _error(HTTP_400_BAD_REQUEST, "Cannot cancel active job")
     if job["status"] in ("queued", "scheduled"):
-        await jobs.cancel_job(backend, parsed)
+        await jobs.cancel_job(backend, parsed, principal.scope)
+    elif not principal.has("operator"):
+        return _error(HTTP_403_FORBIDDEN, "Removing a finished job needs the operator role.")
     else:
         await jobs.delete_job(backend, parsed)
     return Response({"message": "Job cancelled", "jobId": str(parsed)}, status_code=HTTP_200_OK)

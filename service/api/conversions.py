@@ -11,8 +11,8 @@ from litestar.params import FromPath
 from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
-from service import conversions, errors
-from service.api import forms, schemas, shapes
+from service import auth, conversions, errors
+from service.api import access, forms, schemas, shapes
 from service.api.openapi import answers
 from service.backend import Backend
 from service.domain import formats, limits
@@ -76,10 +76,18 @@ FORM_FIELDS = {"format", "options", "reuse", "timeout_seconds", *conversions.JOB
       "`key` names one.",
       request_max_body_size=None,
       responses=answers(shapes.Job, 409, 413, 422, status=201, also={200: shapes.Job}),
-      opt={"form": shapes.CONVERSION_FORM})
+      opt={**access.rule("submitter"), "form": shapes.CONVERSION_FORM})
 async def create_conversion(
-    request: Request, backend: NamedDependency[Backend], settings: NamedDependency[Settings]
+    request: Request, backend: NamedDependency[Backend], settings: NamedDependency[Settings],
+    principal: NamedDependency[auth.Principal],
 ) -> Response[dict[str, Any]]:
+    await check_length(request, settings, backend, principal)
+    async with auth.upload_slot(backend, principal):
+        return await _create_conversion(request, backend, settings, principal)
+
+
+async def _create_conversion(request: Request, backend: Backend, settings: Settings,
+                             principal: auth.Principal) -> Response[dict[str, Any]]:
     async with await read_form(request, settings) as form:
         fields = form.fields
         conversions.check_fields(fields, FORM_FIELDS)
@@ -93,14 +101,26 @@ async def create_conversion(
             reuse=reuse == "true",
             timeout_seconds=conversions.parse_seconds(fields.get("timeout_seconds"),
                                                       "timeout_seconds"),
-            job=conversions.job_options(fields))
-    body = schemas.job_json(job)
+            job=conversions.job_options(fields), principal=principal)
+    body = schemas.job_json(job, principal)
     return Response(body, status_code=HTTP_201_CREATED if created else HTTP_200_OK,
                     headers={"Location": body["links"]["self"]})
 
 
+async def check_length(request: Request, settings: Settings, backend: Backend,
+                       principal: auth.Principal) -> None:
+    """Before reading a body: 413 when its announced length is over the limit, 429 when it
+    cannot fit in what is left of the key's upload bytes for the day."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > upload_limit(settings):
+        raise errors.FileTooLarge("upload", settings.max_upload_bytes)
+    if length and length.isdigit():
+        await auth.upload_room(backend, principal, max(0, int(length) - FORM_OVERHEAD))
+
+
 @get(f"{schemas.API}/formats", tags=["conversions"], summary="Formats that convert",
-     responses=answers(shapes.Formats))
+     responses=answers(shapes.Formats),
+     opt=access.rule("submitter"))
 async def list_formats() -> dict[str, list[str]]:
     return {"input": sorted(formats.INPUT_FORMATS), "output": sorted(formats.OUTPUT_FORMATS)}
 
@@ -109,9 +129,11 @@ async def list_formats() -> dict[str, list[str]]:
      summary="Download a job's output file",
      responses=answers(bytes, 404, media_type=formats.OUTPUT_MEDIA[0],
                        description="The file, as the media type of its format"),
-     opt={"media": {200: formats.OUTPUT_MEDIA[1:]}})
-async def job_output(backend: NamedDependency[Backend], job_id: FromPath[str]) -> Stream:
-    info, filename = await conversions.output(backend, schemas.parse_job_id(job_id))
+     opt={**access.rule("submitter"), "media": {200: formats.OUTPUT_MEDIA[1:]}})
+async def job_output(backend: NamedDependency[Backend], principal: NamedDependency[auth.Principal],
+                     job_id: FromPath[str]) -> Stream:
+    info, filename = await conversions.output(backend, schemas.parse_job_id(job_id),
+                                              principal.scope)
     return Stream(
         PostgresFileStore(backend).read(info.id),
         media_type=info.content_type,

@@ -9,6 +9,8 @@ from litestar import Response, route
 from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
 
+from service.api import access
+
 ASSETS = Path(__file__).resolve().parent.parent / "dashboard"
 """The dashboard's files: index.html, app.css and the JavaScript modules under js/."""
 
@@ -30,7 +32,8 @@ REVALIDATE = CacheControlHeader(no_cache=True)
 
 
 # HEAD too (the assets' router answers it already): the server sends HEAD's headers only.
-@route(PATH, http_method=["GET", "HEAD"], include_in_schema=False, cache_control=REVALIDATE)
+@route(PATH, http_method=["GET", "HEAD"], include_in_schema=False, cache_control=REVALIDATE,
+       opt=access.rule("public"))
 async def dashboard_page() -> Response[bytes]:
     """The single page; the part after `#` picks what it shows (#/jobs, #/jobs/<id>, ...)."""
     return Response(
@@ -48,6 +51,7 @@ ROUTES = [
         name="dashboard-assets",
         cache_control=REVALIDATE,
         include_in_schema=False,
+        opt=access.rule("public"),
     ),
 ]
 """Route handlers to register on the app."""

@@ -15,10 +15,13 @@ from litestar.exceptions import (
 )
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
+    HTTP_401_UNAUTHORIZED,
+    HTTP_403_FORBIDDEN,
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_429_TOO_MANY_REQUESTS,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
@@ -32,6 +35,8 @@ RETRY_AFTER_SECONDS = 2
 
 _TITLES = {
     400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict",
@@ -72,6 +77,14 @@ def problem_body(
 def _service_error(_: Request, exc: errors.ServiceError) -> Response:
     if isinstance(exc, errors.NotFound):
         return problem(HTTP_404_NOT_FOUND, str(exc))
+    if isinstance(exc, errors.Unauthorized):
+        return problem(HTTP_401_UNAUTHORIZED, str(exc),
+                       headers={"WWW-Authenticate": 'Bearer realm="jobq"'})
+    if isinstance(exc, errors.Forbidden):
+        return problem(HTTP_403_FORBIDDEN, str(exc))
+    if isinstance(exc, errors.TooManyRequests):
+        return problem(HTTP_429_TOO_MANY_REQUESTS, str(exc),
+                       headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, errors.InvalidRequest):
         return problem(HTTP_422_UNPROCESSABLE_ENTITY, str(exc), exc.fields)
     if isinstance(exc, errors.FileTooLarge | errors.TooLarge):

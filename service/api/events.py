@@ -22,8 +22,8 @@ from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 from litestar.status_codes import HTTP_204_NO_CONTENT
 
-from service import errors, events, jobs
-from service.api import schemas
+from service import auth, errors, events, jobs
+from service.api import access, schemas
 from service.api.openapi import answers
 from service.backend import Backend
 from service.domain import jobtypes
@@ -64,33 +64,36 @@ def end_streams(app: Litestar) -> None:
      responses={**answers(str, 404, 422, media_type="text/event-stream",
                           description="Server-Sent Events"),
                 204: ResponseSpec(None, description="Nothing left to send (the job finished "
-                                  "before the event named by Last-Event-ID)")})
+                                  "before the event named by Last-Event-ID)")},
+     opt=access.rule("submitter"))
 async def job_stream(
     backend: NamedDependency[Backend], hub: NamedDependency[events.EventHub],
-    settings: NamedDependency[Settings], job_id: FromPath[str],
-    last_event_id: LastEventId = None,
+    settings: NamedDependency[Settings], principal: NamedDependency[auth.Principal],
+    job_id: FromPath[str], last_event_id: LastEventId = None,
 ) -> Response:
     job = schemas.parse_job_id(job_id)
     cursor = events.Cursor.parse(last_event_id) if last_event_id else None
-    if cursor is None:
-        await jobs.get_job(backend, job)  # 404 before the stream starts
-    elif not await events.has_news(backend, job, cursor):
+    await jobs.get_job(backend, job, principal.scope)  # 404 before the stream starts
+    if cursor is not None and not await events.has_news(backend, job, cursor):
         # The client saw the terminal state already: 204 tells an EventSource to stop.
         return Response(None, status_code=HTTP_204_NO_CONTENT)
     items = events.follow_job(hub, backend, job, cursor,
                               settings.stream_heartbeat.total_seconds())
-    return ServerSentEvent(_messages(items))
+    return ServerSentEvent(_messages(items, principal))
 
 
 @get(f"{schemas.API}/events", tags=["jobs"],
      summary="Follow every job: Server-Sent Events, filtered by queue and type",
      description="Events `status` and `progress` of every job (of the given queues and types "
      "only, if any are given; repeat the parameter for several). From now on, or after "
-     "`Last-Event-ID` (at most 10,000 events back; a `gap` event says what was skipped).",
-     responses=answers(str, 422, media_type="text/event-stream", description="Server-Sent Events"))
+     "`Last-Event-ID` (at most 10,000 events back; a `gap` event says what was skipped). "
+     "A submitter's stream carries its own jobs only.",
+     responses=answers(str, 422, media_type="text/event-stream",
+                       description="Server-Sent Events"),
+     opt=access.rule("submitter"))
 async def all_events(
     backend: NamedDependency[Backend], hub: NamedDependency[events.EventHub],
-    settings: NamedDependency[Settings],
+    settings: NamedDependency[Settings], principal: NamedDependency[auth.Principal],
     queue: Annotated[list[str] | None, QueryParameter(description="only these queues")] = None,
     job_type: Annotated[list[str] | None,
                         QueryParameter(name="type", description="only these job types")] = None,
@@ -107,11 +110,12 @@ async def all_events(
         jobtypes.get(name)  # UnknownJobType lists the known ones
     cursor = events.Cursor.parse(last_event_id) if last_event_id else None
     items = events.follow_all(hub, backend, queues, types, cursor,
-                              settings.stream_heartbeat.total_seconds())
-    return ServerSentEvent(_messages(items))
+                              settings.stream_heartbeat.total_seconds(), principal.scope)
+    return ServerSentEvent(_messages(items, principal))
 
 
-async def _messages(items: AsyncIterator[events.Item]) -> AsyncIterator[ServerSentEventMessage]:
+async def _messages(items: AsyncIterator[events.Item],
+                    principal: auth.Principal) -> AsyncIterator[ServerSentEventMessage]:
     first = True
     async for item in items:
         retry = RETRY_MS if first else None
@@ -120,19 +124,22 @@ async def _messages(items: AsyncIterator[events.Item]) -> AsyncIterator[ServerSe
             yield ServerSentEventMessage(data=None, comment="keep-alive", id=str(item.cursor),
                                          retry=retry)
             continue
-        yield ServerSentEventMessage(data=_encoder.encode(_json(item)).decode(),
+        yield ServerSentEventMessage(data=_encoder.encode(_json(item, principal)).decode(),
                                      event=item.kind, id=str(item.cursor), retry=retry)
 
 
-def _json(item: events.Item) -> dict[str, Any]:
+def _json(item: events.Item, principal: auth.Principal) -> dict[str, Any]:
     data = item.data
     if item.kind == "job":
-        return schemas.job_json(data)
+        return schemas.job_json(data, principal)
     if item.kind == "status":
+        internals = schemas.shows_internals(principal)
         return {"job_id": str(data.job_id), "queue": data.queue, "type": data.type,
                 "event": data.event, "status": data.status, "at": schemas.timestamp(data.at),
-                "attempt": data.attempt, "worker": data.worker, "message": data.message,
-                "error": schemas.public_error(data.error)}
+                "attempt": data.attempt, "worker": data.worker if internals else None,
+                "message": (data.message if internals or data.message is None
+                            else schemas.scrub_paths(data.message)),
+                "error": schemas.public_error(data.error, principal)}
     if item.kind == "progress":
         return {"job_id": str(data.job_id), "queue": data.queue, "type": data.type,
                 "progress": data.progress, "stage": data.stage, "message": data.message,

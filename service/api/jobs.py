@@ -11,8 +11,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from service import errors, jobs
-from service.api import schemas, shapes
+from service import auth, errors, jobs
+from service.api import access, schemas, shapes
 from service.api.openapi import answers
 from service.backend import Backend
 from service.domain import jobtypes, requests
@@ -54,16 +54,18 @@ class JobsController(Controller):
     @post("/", status_code=HTTP_201_CREATED, summary="Submit a job",
           description="201 with the new job; 200 with the existing one when `key` or the "
           "Idempotency-Key names a job submitted before with the same request.",
+          dto=schemas.StrictJSON[requests.JobRequest], return_dto=None,
           responses=answers(shapes.Job, 409, 413, 422, status=201, also={200: shapes.Job}),
-          dto=schemas.StrictJSON[requests.JobRequest], return_dto=None)
+          opt=access.rule("submitter"))
     async def submit(
         self,
         backend: NamedDependency[Backend],
+        principal: NamedDependency[auth.Principal],
         data: JSONBody[requests.JobRequest],
         idempotency_key: Idempotency = None,
     ) -> Response[dict[str, Any]]:
-        job, created = await jobs.submit_job(backend, data, idempotency_key)
-        body = schemas.job_json(job)
+        job, created = await jobs.submit_job(backend, data, idempotency_key, principal)
+        body = schemas.job_json(job, principal)
         return Response(
             body,
             status_code=HTTP_201_CREATED if created else HTTP_200_OK,
@@ -71,18 +73,23 @@ class JobsController(Controller):
         )
 
     @post("/batch", status_code=HTTP_201_CREATED, summary="Submit up to 1000 jobs, all or none",
+          dto=schemas.StrictJSON[requests.JobBatch], return_dto=None,
           responses=answers(shapes.JobIds, 409, 413, 422, status=201),
-          dto=schemas.StrictJSON[requests.JobBatch], return_dto=None)
+          opt=access.rule("submitter"))
     async def submit_batch(
-        self, backend: NamedDependency[Backend], data: JSONBody[requests.JobBatch]
+        self, backend: NamedDependency[Backend], principal: NamedDependency[auth.Principal],
+        data: JSONBody[requests.JobBatch],
     ) -> dict[str, list[str]]:
-        ids = await jobs.submit_batch(backend, data.jobs)
+        ids = await jobs.submit_batch(backend, data.jobs, principal)
         return {"ids": [str(i) for i in ids]}
 
-    @get("/", summary="List jobs, newest first", responses=answers(shapes.JobPage, 422))
+    @get("/", summary="List jobs, newest first (a submitter's own only)",
+         responses=answers(shapes.JobPage, 422),
+         opt=access.rule("submitter"))
     async def list_jobs(
         self,
         backend: NamedDependency[Backend],
+        principal: NamedDependency[auth.Principal],
         status: FromQuery[Status | None] = None,
         job_type: Annotated[str | None, QueryParameter(name="type")] = None,
         queue: FromQuery[str | None] = None,
@@ -99,41 +106,60 @@ class JobsController(Controller):
                            created_before=rfc3339("created_before", created_before)),
             limit=limit,
             cursor=cursor,
+            scope=principal.scope,
         )
-        return {"items": [schemas.job_json(r) for r in items], "next_cursor": next_cursor}
+        return {"items": [schemas.job_json(r, principal) for r in items],
+                "next_cursor": next_cursor}
 
-    @get("/by-key/{key:str}", summary="Get the job that holds a client-chosen key",
-         responses=answers(shapes.Job, 404, 422))
-    async def get_by_key(self, backend: NamedDependency[Backend], key: FromPath[str]) -> dict:
-        return schemas.job_json(await jobs.get_job_by_key(backend, key))
+    @get("/by-key/{key:str}", summary="Get the job of this API key that holds a client-chosen key",
+         responses=answers(shapes.Job, 404, 422),
+         opt=access.rule("submitter"))
+    async def get_by_key(self, backend: NamedDependency[Backend],
+                         principal: NamedDependency[auth.Principal], key: FromPath[str]) -> dict:
+        return schemas.job_json(await jobs.get_job_by_key(backend, key, principal.key_id),
+                                principal)
 
-    @get("/{job_id:str}", summary="Get a job", responses=answers(shapes.Job, 404))
-    async def get_job(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
-        return schemas.job_json(await jobs.get_job(backend, schemas.parse_job_id(job_id)))
+    @get("/{job_id:str}", summary="Get a job", responses=answers(shapes.Job, 404),
+         opt=access.rule("submitter"))
+    async def get_job(self, backend: NamedDependency[Backend],
+                      principal: NamedDependency[auth.Principal], job_id: FromPath[str]) -> dict:
+        return schemas.job_json(
+            await jobs.get_job(backend, schemas.parse_job_id(job_id), principal.scope), principal)
 
     @get("/{job_id:str}/history", summary="Every attempt and state change, oldest first",
-         responses=answers(shapes.History, 404))
-    async def history(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
-        return schemas.history_json(await jobs.job_history(backend, schemas.parse_job_id(job_id)))
+         responses=answers(shapes.History, 404),
+         opt=access.rule("submitter"))
+    async def history(self, backend: NamedDependency[Backend],
+                      principal: NamedDependency[auth.Principal], job_id: FromPath[str]) -> dict:
+        return schemas.history_json(
+            await jobs.job_history(backend, schemas.parse_job_id(job_id), principal.scope),
+            principal)
 
     @post("/{job_id:str}/cancel", status_code=HTTP_200_OK, summary="Cancel a job",
-          responses=answers(shapes.Job, 404, 409))
-    async def cancel(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
-        return schemas.job_json(await jobs.cancel_job(backend, schemas.parse_job_id(job_id)))
+          responses=answers(shapes.Job, 404, 409),
+          opt=access.rule("submitter"))
+    async def cancel(self, backend: NamedDependency[Backend],
+                     principal: NamedDependency[auth.Principal], job_id: FromPath[str]) -> dict:
+        return schemas.job_json(
+            await jobs.cancel_job(backend, schemas.parse_job_id(job_id), principal.scope),
+            principal)
 
     @post("/{job_id:str}/retry", status_code=HTTP_200_OK,
-          summary="Requeue a failed or cancelled job", responses=answers(shapes.Job, 404, 409))
+          summary="Requeue a failed or cancelled job", responses=answers(shapes.Job, 404, 409),
+          opt=access.rule("operator"))
     async def retry(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> dict:
         return schemas.job_json(await jobs.retry_job(backend, schemas.parse_job_id(job_id)))
 
     @delete("/{job_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Delete a finished job",
-            responses=answers(None, 404, 409))
+            responses=answers(None, 404, 409),
+            opt=access.rule("operator"))
     async def remove(self, backend: NamedDependency[Backend], job_id: FromPath[str]) -> None:
         await jobs.delete_job(backend, schemas.parse_job_id(job_id))
 
 
 @get(f"{schemas.API}/job-types", tags=["jobs"], summary="The job types this API accepts",
-     responses=answers(shapes.JobTypes))
+     responses=answers(shapes.JobTypes),
+     opt=access.rule("submitter"))
 async def list_job_types() -> dict[str, Any]:
     """Each declared type with its queue, defaults and payload JSON schema."""
     return {"items": [t.describe() for t in jobtypes.REGISTRY]}

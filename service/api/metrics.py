@@ -8,6 +8,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from service import metrics
+from service.api import access
 from service.api.openapi import answers
 from service.backend import Backend
 from service.settings import Settings
@@ -17,9 +18,9 @@ from service.settings import Settings
      description="Queue depth, oldest queued job, live workers (read from PostgreSQL when "
      "scraped); jobs submitted, started, succeeded, failed, retried and cancelled, run time and "
      "queue wait per type, webhook deliveries (totals kept in PostgreSQL: every API process "
-     "answers the same).",
-     responses=answers(str, media_type=metrics.CONTENT_TYPE,
-                       description="Prometheus's text exposition format"))
+     "answers the same).", responses=answers(str, media_type=metrics.CONTENT_TYPE,
+                       description="Prometheus's text exposition format"),
+     opt=access.rule("operator"))
 async def prometheus(backend: NamedDependency[Backend], settings: NamedDependency[Settings],
                      state: State) -> Response[bytes]:
     hub = getattr(state, "hub", None)

@@ -52,7 +52,11 @@ WITH_BODY = (415,)
 DATABASE = (503,)
 NO_DATABASE = frozenset({"/health", "/api/v1/formats", "/api/v1/job-types"})
 """Operations that never touch the database; every other one may answer `DATABASE`."""
-GUARDED: dict[int, str] = {}
+GUARDED: dict[int, str] = {
+    401: "No API key, or one that is unknown or revoked (docs/security.md)",
+    403: "The key's role, queues or types do not allow this",
+    429: "A per-key limit: wait for Retry-After seconds",
+}
 """Answers of every operation but the `OPEN` ones (status: meaning); authentication adds its
 401, 403 and 429 here."""
 OPEN = frozenset({"/health", "/ready"})

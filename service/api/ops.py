@@ -12,8 +12,8 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from service import errors, maintenance, queues, retention
+from service.api import access, schemas, shapes
 from service.api import errors as api_errors
-from service.api import schemas, shapes
 from service.api.openapi import answers
 from service.backend import Backend
 from service.db import migrate
@@ -37,6 +37,7 @@ class CleanRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class QueuesController(Controller):
     path = f"{schemas.API}/queues"
     tags = ["queues"]
+    opt = access.rule("operator")
 
     @get("/", summary="Per-queue counts, ages and pause state",
          responses=answers(shapes.Queues))
@@ -78,14 +79,16 @@ class QueuesController(Controller):
 
 
 @get(f"{schemas.API}/workers", tags=["workers"], summary="Live workers",
-     responses=answers(shapes.Workers))
+     responses=answers(shapes.Workers),
+     opt=access.rule("operator"))
 async def list_workers(backend: NamedDependency[Backend]) -> dict[str, Any]:
     return {"items": [schemas.worker_json(w) for w in await queues.live_workers(backend)]}
 
 
 @post(f"{schemas.API}/maintenance/recover-stalled", status_code=HTTP_200_OK,
       tags=["operations"], summary="Requeue the jobs of dead workers now",
-      responses=answers(shapes.Recovered))
+      responses=answers(shapes.Recovered),
+      opt=access.rule("admin"))
 async def recover_stalled(
     backend: NamedDependency[Backend], settings: NamedDependency[Settings]
 ) -> dict[str, int]:
@@ -94,7 +97,8 @@ async def recover_stalled(
 
 # HEAD as well as GET: some load balancers and probes ask with HEAD.
 @route("/health", http_method=["GET", "HEAD"], tags=["operations"],
-       summary="The process is alive", responses=answers(shapes.Health))
+       summary="The process is alive", responses=answers(shapes.Health),
+       opt=access.rule("public"))
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -102,7 +106,7 @@ async def health() -> dict[str, str]:
 @route("/ready", http_method=["GET", "HEAD"], tags=["operations"],
        summary="The database is reachable and at this code's schema (or a later one)",
        description="503 (problem+json) while it is not, saying why in words.",
-       responses=answers(shapes.Ready))
+       responses=answers(shapes.Ready), opt=access.rule("public"))
 async def ready(backend: NamedDependency[Backend]) -> Response[dict[str, Any]]:
     # The answer is in words: never the driver's message, which can carry SQL and parameters.
     try:

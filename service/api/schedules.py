@@ -10,7 +10,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from service import schedules
-from service.api import schemas, shapes
+from service.api import access, schemas, shapes
 from service.api.openapi import answers
 from service.backend import Backend
 from service.domain.schedules import Schedule, ScheduleBody
@@ -19,6 +19,7 @@ from service.domain.schedules import Schedule, ScheduleBody
 class SchedulesController(Controller):
     path = f"{schemas.API}/schedules"
     tags = ["schedules"]
+    opt = access.rule("operator")
 
     @get("/", summary="Every schedule, with its last and next tick",
          responses=answers(shapes.Schedules))

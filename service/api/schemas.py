@@ -64,8 +64,14 @@ def job_links(job_id: uuid.UUID) -> dict[str, str]:
     }
 
 
-def job_json(row: dict[str, Any]) -> dict[str, Any]:
-    """A job_overview row as the public Job object."""
+def shows_internals(principal: Any) -> bool:
+    """Whether a caller may see tracebacks, server paths and workers' hosts and process ids:
+    operators and admins (and jobq's own callers, which pass no principal), not submitters."""
+    return principal is None or principal.sees_all
+
+
+def job_json(row: dict[str, Any], principal: Any = None) -> dict[str, Any]:
+    """A job_overview row as the public Job object (as `principal` may see it)."""
     return {
         "id": str(row["id"]),
         "type": row["type"],
@@ -82,7 +88,7 @@ def job_json(row: dict[str, Any]) -> dict[str, Any]:
         "cancel_requested": row["cancel_requested"] and row["status"] == "running",
         "payload": row["payload"],
         "result": row["result"],
-        "error": public_error(row["error"]),
+        "error": public_error(row["error"], principal),
         "created_at": timestamp(row["created_at"]),
         "scheduled_at": timestamp(row["scheduled_at"]),
         "started_at": timestamp(row["started_at"]),
@@ -91,11 +97,15 @@ def job_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def public_error(error: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The job's error without its traceback (that stays in the history's attempts)."""
+def public_error(error: dict[str, Any] | None, principal: Any = None) -> dict[str, Any] | None:
+    """The job's error without its traceback (that stays in the history's attempts); for a
+    submitter, with server paths in its message made relative too."""
     if error is None:
         return None
-    return {k: error[k] for k in ("type", "message", "retryable") if k in error}
+    shown = {k: error[k] for k in ("type", "message", "retryable") if k in error}
+    if not shows_internals(principal) and isinstance(shown.get("message"), str):
+        shown["message"] = scrub_paths(shown["message"])
+    return shown
 
 
 # Absolute paths in a traceback say where jobq and its Python live on the server: shown over
@@ -121,6 +131,14 @@ def _relative(path: str) -> str:
     return PurePosixPath(path).name
 
 
+_ABSOLUTE = re.compile(r"(?<![\w:/.])/(?:[\w.\-]+/)+[\w.\-]*")
+
+
+def scrub_paths(text: str) -> str:
+    """Text with every absolute path in it made relative (as in tracebacks, below)."""
+    return _ABSOLUTE.sub(lambda m: _relative(m[0]), text)
+
+
 def redact_paths(error: dict[str, Any] | None) -> dict[str, Any] | None:
     """An attempt's error with server paths in its traceback made relative."""
     if not error or not isinstance(error.get("traceback"), str):
@@ -129,28 +147,34 @@ def redact_paths(error: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**error, "traceback": text.replace(_PROJECT, "")}
 
 
-def history_json(history: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def history_json(history: dict[str, list[dict[str, Any]]], principal: Any = None) -> dict[str, Any]:
+    """A job's history. Operators see which worker ran each attempt and its traceback (paths
+    made relative); a submitter sees neither: workers are named after their host and process
+    id, and a traceback shows the server's code."""
+    internals = shows_internals(principal)
     return {
         "items": [
             {
                 "at": timestamp(e["at"]),
                 "event": e["event"],
                 "attempt": e["attempt"],
-                "worker": e["worker_name"],
-                "message": e["message"],
-                "error": public_error(e["error"]),
+                "worker": e["worker_name"] if internals else None,
+                "message": e["message"] if internals or e["message"] is None
+                else scrub_paths(e["message"]),
+                "error": public_error(e["error"], principal),
             }
             for e in history["events"]
         ],
         "attempts": [
             {
                 "number": a["number"],
-                "worker": a["worker_name"],
-                "worker_id": a["worker_id"],
+                "worker": a["worker_name"] if internals else None,
+                "worker_id": a["worker_id"] if internals else None,
                 "started_at": timestamp(a["started_at"]),
                 "finished_at": timestamp(a["finished_at"]),
                 "outcome": a["outcome"],
-                "error": redact_paths(a["error"]),
+                "error": (redact_paths(a["error"]) if internals
+                          else public_error(a["error"], principal)),
             }
             for a in history["attempts"]
         ],

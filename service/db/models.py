@@ -62,6 +62,84 @@ procrastinate_workers = Table(
 )
 
 
+NO_KEY = "'00000000-0000-0000-0000-000000000000'::uuid"
+"""Stands for "no API key" in the per-key unique indexes (NULLs would never collide)."""
+
+
+class ApiKey(Base):
+    """An API key (issue 13, docs/security.md). Only the key's SHA-256 is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    """The key's first characters, to tell keys apart in lists; not enough to use it."""
+    queues: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    """Queues it may submit to; NULL: any."""
+    job_types: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    """Job types it may submit; NULL: any."""
+    submissions_per_second: Mapped[float | None] = mapped_column(Double)
+    max_queued: Mapped[int | None] = mapped_column(Integer)
+    upload_bytes_per_day: Mapped[int | None] = mapped_column(BigInteger)
+    max_timeout_seconds: Mapped[float | None] = mapped_column(Double)
+    max_concurrent_uploads: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("role IN ('submitter', 'operator', 'admin')", name="role"),
+    )
+
+
+class ApiSession(Base):
+    """A dashboard session: a cookie holding a random token, logged in with a key."""
+
+    __tablename__ = "api_sessions"
+
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    api_key_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKeyRate(Base):
+    """A key's token bucket for submissions per second (jobq_take_tokens)."""
+
+    __tablename__ = "api_key_rates"
+
+    api_key_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKeyUploadDay(Base):
+    """Bytes a key uploaded on one UTC day."""
+
+    __tablename__ = "api_key_upload_days"
+
+    api_key_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class ApiKeyUploadSlot(Base):
+    """An upload in progress for a key; a slot whose process died frees itself at expires_at."""
+
+    __tablename__ = "api_key_upload_slots"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    api_key_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Job(Base):
     """A job's public identity, input, progress and outcome."""
 
@@ -83,9 +161,11 @@ class Job(Base):
     """The job's own retention, overriding its queue's: {"succeeded": {...}, "failed": {...}}
     from remove_on_complete / remove_on_fail (docs/queues.md); null: the queue's."""
     callback_url: Mapped[str | None] = mapped_column(Text)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
-    key: Mapped[str | None] = mapped_column(String(255), unique=True)
-    """The client's own id for the job (BullMQ's jobId), unique while the job exists."""
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    """Unique per API key (uq_jobs_idempotency_key)."""
+    key: Mapped[str | None] = mapped_column(String(255))
+    """The client's own id for the job (BullMQ's jobId), unique per API key while the job
+    exists (uq_jobs_key)."""
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     """SHA-256 of the submitted request, to tell a replay from a different request with the key."""
     progress: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
@@ -96,6 +176,11 @@ class Job(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     """Last error: {type, message, traceback, retryable}; cleared when the job succeeds."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("api_keys.id"),
+        server_default=text("nullif(current_setting('jobq.api_key', true), '')::uuid"))
+    """The API key that submitted the job; NULL with authentication off or from Python code.
+    Filled by the default from the transaction's `jobq.api_key` setting (service/auth.py)."""
 
     __table_args__ = (
         CheckConstraint("progress BETWEEN 0 AND 100", name="progress_percent"),
@@ -104,6 +189,10 @@ class Job(Base):
         # The jobs with their own retention, oldest first (jobq_apply_job_retention).
         Index("ix_jobs_retention_created_at", "created_at", "id",
               postgresql_where=text("retention IS NOT NULL")),
+        Index(None, "api_key_id", "created_at"),  # a key's own jobs
+        Index("uq_jobs_key", text(f"coalesce(api_key_id, {NO_KEY})"), "key", unique=True),
+        Index("uq_jobs_idempotency_key", text(f"coalesce(api_key_id, {NO_KEY})"),
+              "idempotency_key", unique=True),
     )
 
 

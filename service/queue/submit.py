@@ -53,9 +53,14 @@ async def write(conn: asyncpg.Connection, planned: list[Planned], key: str | Non
     return [by_id[p.id] for p in planned]
 
 
-async def existing_keys(conn: asyncpg.Connection, keys: list[str]) -> dict[str, Any]:
-    """The jobs that hold any of `keys`, by key."""
-    rows = await conn.fetch("SELECT key, id FROM jobs WHERE key = ANY ($1::text[])", keys)
+async def existing_keys(conn: asyncpg.Connection, keys: list[str],
+                        owner: Any = None) -> dict[str, Any]:
+    """The jobs of API key `owner` (None: submitted without one) that hold any of `keys`, by
+    key: keys are unique per API key."""
+    rows = await conn.fetch(
+        "SELECT key, id FROM jobs WHERE key = ANY ($1::text[]) AND "
+        "coalesce(api_key_id, '00000000-0000-0000-0000-000000000000'::uuid) = "
+        "coalesce($2::uuid, '00000000-0000-0000-0000-000000000000'::uuid)", keys, owner)
     return {r["key"]: r["id"] for r in rows}
 
 

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from service import auth
 from service.db import admin, migrate
 from tests.conftest import new_database
 from tests.support import serve_and_work
@@ -56,6 +57,12 @@ class Service:
     url: str
     logs: Path
     worker_pid: int
+    admin_key: str
+    """An admin key: the API's authentication is on, as `jobq serve` has it by default."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key}"}
 
     def log_tail(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
@@ -81,12 +88,26 @@ def browser_database_url(server_url: str) -> Iterator[str]:
 @pytest.fixture(scope="package")
 def service(browser_database_url: str, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[Service]:
-    """`jobq serve` and one `jobq worker` as real processes."""
+    """`jobq serve` (authentication on) and one `jobq worker` as real processes, with an admin
+    key the tests log in with."""
     logs = tmp_path_factory.mktemp("browser-service")
-    with serve_and_work(browser_database_url, logs, WORKER_NAME) as (url, processes):
-        service = Service(url, logs, processes[1].pid)
+    admin_key = aside(asyncio.run, create_key(browser_database_url, "admin"))
+    with serve_and_work(browser_database_url, logs, WORKER_NAME,
+                        env={"JOBQ_AUTH": "on"}) as (url, processes):
+        service = Service(url, logs, processes[1].pid, admin_key)
         wait_until_ready(service)
         yield service
+
+
+async def create_key(database_url: str, role: str, name: str = "browser-tests") -> str:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        _, secret = await auth.create_key(conn, f"{name}-{role}", role)
+    finally:
+        await conn.close()
+    return secret
 
 
 def wait_until_ready(service: Service) -> None:
@@ -95,7 +116,8 @@ def wait_until_ready(service: Service) -> None:
     while True:
         try:
             if (httpx.get(f"{service.url}/ready").status_code == 200
-                    and httpx.get(f"{service.url}/api/v1/workers").json()["items"]):
+                    and httpx.get(f"{service.url}/api/v1/workers",
+                                  headers=service.headers).json()["items"]):
                 return
         except httpx.TransportError:
             pass
@@ -106,7 +128,7 @@ def wait_until_ready(service: Service) -> None:
 @pytest.fixture
 def api(service: Service) -> Iterator[httpx.Client]:
     """The REST API, to set the scene and to check what the dashboard did."""
-    with httpx.Client(base_url=service.url, timeout=30) as client:
+    with httpx.Client(base_url=service.url, timeout=30, headers=service.headers) as client:
         yield client
 
 
@@ -138,9 +160,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
     return report
 
 
-def open_page(browser: Browser, service: Service, width: int, height: int) -> tuple[Page, list]:
+def open_page(browser: Browser, service: Service, width: int, height: int,
+              log_in: bool = True) -> tuple[Page, list]:
+    """A tab on the dashboard's origin, logged in as the admin (its session cookie set by
+    POST /api/v1/session, as the login form does: tests/browser/test_login.py fills that)."""
     context = browser.new_context(base_url=service.url, accept_downloads=True,
                                   viewport={"width": width, "height": height})
+    if log_in:
+        answer = context.request.post("/api/v1/session", data={"key": service.admin_key})
+        assert answer.ok, answer.text()
     page = context.new_page()
     page.set_default_timeout(15_000)
     errors: list[str] = []

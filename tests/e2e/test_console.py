@@ -20,11 +20,33 @@ from tests.support import free_port, serve_and_work
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 
 
+KEY: dict[str, str] = {}
+"""The operator key the commands send (JOBQ_KEY), made by `jobq keys create` for the module."""
+
+
+def keys(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`jobq keys ...` on the database directly, as an admin at the server runs it."""
+    return subprocess.run([sys.executable, "-m", "service.cli", "keys", *args],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "DATABASE_URL": database_url})
+
+
+def secret_of(created: subprocess.CompletedProcess[str]) -> str:
+    assert created.returncode == 0, created.stderr
+    [secret] = [line.removeprefix("key: ") for line in created.stdout.splitlines()
+                if line.startswith("key: ")]
+    return secret
+
+
 @pytest.fixture(scope="module")
 def service(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A `jobq serve` and a `jobq worker` on the test run's database; yields the API URL."""
+    """A `jobq serve` (authentication on) and a `jobq worker` on the test run's database, and an
+    operator key for the commands; yields the API URL."""
     logs = tmp_path_factory.mktemp("console")
-    with serve_and_work(database_url, logs, "console-worker") as (url, _):
+    KEY["operator"] = secret_of(keys(database_url, "create", "--name", "console-operator",
+                                     "--role", "operator"))
+    with serve_and_work(database_url, logs, "console-worker", env={"JOBQ_AUTH": "on"}) as (
+            url, _):
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -37,10 +59,42 @@ def service(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield url
 
 
-def jobq(url: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def jobq(url: str, *args: str, cwd: Path | None = None,
+         key: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "service.cli", *args, "--url", url],
                           capture_output=True, text=True, timeout=120, cwd=cwd,
-                          env={**os.environ, "COLUMNS": "200"})
+                          env={**os.environ, "COLUMNS": "200",
+                               "JOBQ_KEY": KEY["operator"] if key is None else key})
+
+
+def test_keys_create_list_revoke_and_what_the_commands_say_without_one(
+        service: str, database_url: str) -> None:
+    created = keys(database_url, "create", "--name", "console-ci", "--queue", "default",
+                   "--type", "system.noop", "--rate", "5", "--max-queued", "100")
+    secret = secret_of(created)
+    assert secret.startswith("jobq_")
+    assert "created submitter key 'console-ci'" in created.stdout
+    assert "queues: default; types: system.noop; limits: submissions_per_second=5, " \
+           "max_queued=100" in created.stdout
+    listed = keys(database_url, "list")
+    assert "console-ci" in listed.stdout and secret[:12] in listed.stdout
+    assert secret not in listed.stdout  # shown once, at creation only
+    ok = jobq(service, "submit", "system.noop", "--json", key=secret)
+    assert ok.returncode == 0, ok.stderr
+    elsewhere = jobq(service, "submit", "system.noop", "--queue", "other", key=secret)
+    assert elsewhere.returncode == 3 and "may not submit to the queue 'other'" in elsewhere.stderr
+    refused = jobq(service, "workers", key=secret)
+    assert refused.returncode == 3 and "needs the operator role" in refused.stderr
+    revoked = keys(database_url, "revoke", secret[:12])
+    assert revoked.returncode == 0 and "revoked submitter key 'console-ci'" in revoked.stdout
+    assert "(revoked" in keys(database_url, "list", "--revoked").stdout
+    gone = jobq(service, "jobs", "list", key=secret)
+    assert gone.returncode == 3 and "revoked" in gone.stderr
+    none = jobq(service, "queues", key="")
+    assert none.returncode == 3 and "Authorization: Bearer" in none.stderr
+    assert "Traceback" not in none.stderr
+    unknown = keys(database_url, "revoke", "jobq_nothing")
+    assert unknown.returncode == 1 and "No API key" in unknown.stderr
 
 
 def test_submit_wait_follows_the_job_to_its_result(service: str) -> None:
@@ -218,7 +272,8 @@ def test_options_given_to_a_group_reach_its_subcommand(service: str) -> None:
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True,
-                              text=True, timeout=60, env={**os.environ, "JOBQ_URL": dead})
+                              text=True, timeout=60,
+                              env={**os.environ, "JOBQ_URL": dead, "JOBQ_KEY": KEY["operator"]})
 
     assert jobq(service, "queues", "set", "console-group", "{}").returncode == 0
     shown = run("queues", "--url", service, "--json", "show", "console-group")
@@ -250,7 +305,8 @@ def test_ctrl_c_while_waiting_leaves_the_job_and_says_so(service: str) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "submit", "system.sleep", "--payload",
          '{"seconds": 30}', "--wait", "--url", service],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "JOBQ_KEY": KEY["operator"]})
     deadline = time.monotonic() + 30
     while not [j for j in json.loads(jobq(service, "jobs", "list", "--status", "running",
                                           "--json").stdout)["items"]

@@ -70,6 +70,12 @@ async def test_the_compose_stack_runs_outside_docker(empty_database: str, tmp_pa
     migrated = run(entrypoint + services["migrate"]["command"], env)
     assert migrated.returncode == 0, migrated.stderr
     assert "Traceback" not in migrated.stderr
+    # Authentication is on in the image: the first key comes from the same command.
+    created = run([*entrypoint, "keys", "create", "--name", "deploy-test", "--role", "operator"],
+                  env)
+    assert created.returncode == 0, created.stderr
+    [key] = [line.removeprefix("key: ") for line in created.stdout.splitlines()
+             if line.startswith("key: ")]
 
     started: dict[str, subprocess.Popen] = {}
     logs = {name: tmp_path / f"{name}.log" for name in ("api", "worker")}
@@ -89,7 +95,8 @@ async def test_the_compose_stack_runs_outside_docker(empty_database: str, tmp_pa
         assert healthy.stdout == f"jobq health: http://127.0.0.1:{port}/health answered 200\n"
 
         # The stack does its work: the worker runs a job the API accepted.
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10,
+                                     headers={"Authorization": f"Bearer {key}"}) as client:
             response = await client.post(
                 "/api/v1/jobs", json={"type": "system.sleep", "payload": {"seconds": 0.2}})
             assert response.status_code == 201, response.text

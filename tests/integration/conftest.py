@@ -48,7 +48,9 @@ async def clean_tables(backend: Backend, every_table: str) -> None:
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     # The client below calls the API by this name: allowed like any deployment's own name.
-    return Settings(database_url=database_url, allowed_hosts=("jobq.test",))
+    # Authentication off: these tests are about what the API does, not who may ask (that is
+    # tests/integration/test_auth.py and test_isolation.py, which turn it on).
+    return Settings(database_url=database_url, allowed_hosts=("jobq.test",), auth="off")
 
 
 @pytest.fixture

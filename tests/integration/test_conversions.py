@@ -51,7 +51,8 @@ async def test_bad_uploads_get_a_4xx_naming_the_problem(client, files, data, sta
 
 
 async def test_upload_over_the_limit_gets_413(backend, database_url):
-    settings = Settings(database_url=database_url, max_upload_bytes=5000, allowed_hosts=("t",))
+    settings = Settings(database_url=database_url, max_upload_bytes=5000, allowed_hosts=("t",),
+                        auth="off")
     transport = httpx.ASGITransport(app=create_app(settings, backend))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as small:
         response = await upload(small, "bunny.ply")

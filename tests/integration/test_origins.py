@@ -37,6 +37,8 @@ async def api(database_url: str, backend: Backend):
     clients: list[httpx.AsyncClient] = []
 
     def make(base_url: str = "http://127.0.0.1:8000", **settings) -> httpx.AsyncClient:
+        # Authentication off: these tests are about origins (any address: some listen on one).
+        settings.setdefault("auth", "off-any-address")
         app = create_app(Settings(database_url=database_url, **settings), backend)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
         clients.append(client)

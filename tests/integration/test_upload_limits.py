@@ -39,7 +39,7 @@ async def counts(backend: Backend) -> tuple[int, int]:
 
 @pytest.fixture
 async def small_client(database_url: str, backend: Backend) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(database_url=database_url, allowed_hosts=("jobq.test",),
+    settings = Settings(database_url=database_url, allowed_hosts=("jobq.test",), auth="off",
                         max_upload_bytes=LIMIT, max_body_bytes=100_000)
     transport = httpx.ASGITransport(app=create_app(settings, backend))
     async with httpx.AsyncClient(transport=transport, base_url="http://jobq.test",
@@ -204,7 +204,7 @@ async def test_uploads_never_take_the_whole_pool(database_url: str, backend: Bac
     lock on the chunks table) held every pooled connection, and another client waited for
     the pool until it was told the database could not be reached."""
     small = await Backend.open(database_url, pool_size=4)
-    settings = Settings(database_url=database_url, allowed_hosts=("jobq.test",))
+    settings = Settings(database_url=database_url, allowed_hosts=("jobq.test",), auth="off")
     transport = httpx.ASGITransport(app=create_app(settings, small))
     blocker = await asyncpg.connect(database_url)
     try:
@@ -246,7 +246,8 @@ async def test_uploads_never_take_the_whole_pool(database_url: str, backend: Bac
 def api(database_url: str, tmp_path):
     """`jobq serve` as a real process, with a 2 MB upload limit."""
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "JOBQ_MAX_UPLOAD_BYTES": str(LIMIT)}
+    env = {**os.environ, "DATABASE_URL": database_url, "JOBQ_MAX_UPLOAD_BYTES": str(LIMIT),
+           "JOBQ_AUTH": "off"}
     with open(tmp_path / "serve.log", "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port",
                                     str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)

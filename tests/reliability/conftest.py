@@ -47,7 +47,8 @@ class ApiProcess:
         with open(log, "a") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
-                env={**os.environ, "DATABASE_URL": database_url},
+                # Authentication off: these tests are about failures, not keys.
+                env={**os.environ, "DATABASE_URL": database_url, "JOBQ_AUTH": "off"},
                 stdout=out, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:

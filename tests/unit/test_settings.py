@@ -86,6 +86,7 @@ def test_every_setting_is_read_from_its_variable():
         "JOBQ_STREAM_HEARTBEAT_SECONDS": "2", "JOBQ_WEBHOOK_SECRETS": "new,old",
         "JOBQ_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32", "JOBQ_WEBHOOK_TIMEOUT_SECONDS": "3",
         "JOBQ_ALLOWED_HOSTS": "jobq.example.com", "JOBQ_CORS_ORIGINS": "https://app.example",
+        "JOBQ_AUTH": "off-any-address",
     })
     default = Settings()
     assert changed.extra == {}
@@ -134,3 +135,17 @@ def test_flags_override_variables_and_are_checked_like_them():
         apply_flags(settings, {"concurrency": "0"})
     with pytest.raises(SettingsError, match=r"JOBQ_PORT \(--port\) must be a whole number"):
         apply_flags(settings, {"port": "eighty"})
+
+
+def test_auth_off_is_refused_on_an_address_other_hosts_can_reach():
+    with pytest.raises(SettingsError, match="JOBQ_AUTH=off-any-address"):
+        load_settings({"JOBQ_AUTH": "off", "JOBQ_HOST": "0.0.0.0"})
+    with pytest.raises(SettingsError, match="must be one of on, off, off-any-address"):
+        load_settings({"JOBQ_AUTH": "maybe"})
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.5"):
+        assert not load_settings({"JOBQ_AUTH": "off", "JOBQ_HOST": host}).auth_required()
+    assert not load_settings({"JOBQ_AUTH": "off-any-address",
+                              "JOBQ_HOST": "0.0.0.0"}).auth_required()
+    # Unset: on for `serve`; the command may pass its own default (`up` on loopback: off).
+    assert load_settings({"JOBQ_HOST": "0.0.0.0"}).auth_required()
+    assert not load_settings({}).auth_required(default="off")

@@ -1,6 +1,18 @@
 // The REST API, same origin. Errors carry the problem+json `detail` so the page can show it.
+// The page is logged in with a session cookie (session.js); every change it asks for carries
+// the session's CSRF token, and a 401 anywhere means the session ended.
 
 export const API = "/api/v1";
+
+let csrfToken = null;
+/** The CSRF token of the current session (null when authentication is off). */
+export function setCsrf(token) {
+  csrfToken = token;
+}
+
+function signedOut(status) {
+  if (status === 401) window.dispatchEvent(new CustomEvent("jobq:signed-out"));
+}
 
 export class ApiError extends Error {
   constructor(status, detail, fields = []) {
@@ -24,15 +36,20 @@ async function problem(response) {
 export async function call(method, path, body) {
   let response;
   try {
+    const headers = body === undefined ? {} : { "content-type": "application/json" };
+    if (csrfToken && method !== "GET") headers["x-csrf-token"] = csrfToken;
     response = await fetch(API + path, {
       method,
-      headers: body === undefined ? {} : { "content-type": "application/json" },
+      headers,
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (error) {
     throw new ApiError(0, `Cannot reach the API (${error.message}).`);
   }
-  if (!response.ok) throw await problem(response);
+  if (!response.ok) {
+    signedOut(response.status);
+    throw await problem(response);
+  }
   return response.status === 204 ? null : response.json();
 }
 
@@ -58,6 +75,7 @@ export function upload(path, form, onProgress) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", API + path);
+    if (csrfToken) xhr.setRequestHeader("x-csrf-token", csrfToken);
     xhr.responseType = "json";
     xhr.upload.addEventListener("progress", (event) => {
       if (event.lengthComputable) onProgress(event.loaded, event.total);
@@ -65,8 +83,11 @@ export function upload(path, form, onProgress) {
     xhr.addEventListener("load", () => {
       const body = xhr.response;
       if (xhr.status >= 200 && xhr.status < 300) resolve(body);
-      else reject(new ApiError(xhr.status, body?.detail || `${xhr.status} ${xhr.statusText}`,
-                               body?.errors || []));
+      else {
+        signedOut(xhr.status);
+        reject(new ApiError(xhr.status, body?.detail || `${xhr.status} ${xhr.statusText}`,
+                            body?.errors || []));
+      }
     });
     xhr.addEventListener("error", () => reject(new ApiError(0, "The upload failed: the API could not be reached.")));
     xhr.addEventListener("abort", () => reject(new ApiError(0, "The upload was cancelled.")));

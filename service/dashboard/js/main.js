@@ -9,6 +9,8 @@ import * as queue from "./pages/queue.js";
 import * as queues from "./pages/queues.js";
 import * as schedules from "./pages/schedules.js";
 import * as workers from "./pages/workers.js";
+import * as session from "./session.js";
+import { h } from "./dom.js";
 
 const ROUTES = [
   [/^\/(queues)?$/, queues, "queues"],
@@ -25,6 +27,16 @@ let stopPage = null;
 let firstRender = true;
 
 function route() {
+  if (!session.who()) {
+    stopPage?.();
+    stopPage = null;
+    session.renderLogin(main, () => {
+      showWho();
+      route();
+    });
+    finish(null);
+    return;
+  }
   const hash = location.hash.startsWith("#/") ? location.hash.slice(1) : "/";
   const [path, search = ""] = hash.split("?");
   const found = ROUTES.map(([pattern, page, section]) => [path.match(pattern), page, section])
@@ -90,8 +102,60 @@ document.querySelector(".skip").addEventListener("click", (event) => {
   (main.querySelector("h1") || main).focus();
 });
 
+const whoBox = document.getElementById("who");
+
+/** The header's line about the session: who, and a way out (or that nobody needs to log in). */
+function showWho() {
+  const current = session.who();
+  const operator = current && current.role !== "submitter";
+  // Queues and workers are an operator's: a submitter's key is refused them.
+  for (const link of document.querySelectorAll('nav.site a[data-section="queues"], nav.site a[data-section="workers"]')) {
+    link.parentElement.hidden = !operator;
+  }
+  // Nothing to navigate to before logging in.
+  document.querySelector("nav.site").hidden = !current;
+  if (!current) {
+    whoBox.replaceChildren();
+    return;
+  }
+  if (current.authentication === "off") {
+    whoBox.replaceChildren(h("span", { class: "auth-off" }, "Authentication is off"));
+    return;
+  }
+  whoBox.replaceChildren(
+    h("span", {}, `${current.name} (${current.role})`), " ",
+    h("button", { type: "button", class: "link", id: "log-out", onclick: async () => {
+      await session.logOut();
+      showWho();
+      route();
+    } }, "Log out"));
+}
+
+window.addEventListener("jobq:signed-out", () => {
+  if (!session.who()) return;
+  session.load().then(() => {
+    if (session.who()) return;
+    showWho();
+    route();
+  }).catch(() => null);
+});
+
 window.addEventListener("hashchange", () => {
   notice.navigated();
   route();
 });
-route();
+
+async function start() {
+  try {
+    await session.load();
+  } catch (error) {
+    notice.notifyError("Could not reach the API", error);
+  }
+  showWho();
+  if (session.who()?.role === "submitter" && !location.hash.startsWith("#/") ) {
+    location.hash = "#/jobs";
+    return;
+  }
+  route();
+}
+start();

@@ -44,7 +44,10 @@ def start_api(database_url: str, tmp_path: Path) -> Iterator[ApiFactory]:
     def start(env: dict[str, str] | None = None) -> Api:
         port = free_port()
         log_path = tmp_path / f"api-{len(started)}.log"
-        environment = {**os.environ, "DATABASE_URL": database_url, **(env or {})}
+        # Authentication off unless `env` turns it on: these tests are about what the API
+        # processes do; tests/integration/test_auth.py is about keys.
+        environment = {**os.environ, "DATABASE_URL": database_url, "JOBQ_AUTH": "off",
+                       **(env or {})}
         with open(log_path, "w") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
