@@ -158,12 +158,18 @@ async def wait_until_done(backend: Backend, count: int, workers: list[processes.
 async def _last_success(backend: Backend, count: int, after: int) -> float:
     async with backend.connection() as conn:
         before = time.monotonic()
+        # jobq keeps its jobs' history in job_events (Procrastinate's status events are not
+        # written for them, revision 0015); stock Procrastinate's jobs have only theirs.
         row = await conn.fetchrow(
             """
             SELECT (SELECT count(*) FROM procrastinate_jobs
                      WHERE status = 'succeeded' AND id > $1) AS succeeded,
-                   extract(epoch FROM clock_timestamp() - max(at))::float8 AS ago
-            FROM procrastinate_events WHERE type = 'succeeded' AND job_id > $1
+                   extract(epoch FROM clock_timestamp() - greatest(
+                       (SELECT max(at) FROM procrastinate_events
+                         WHERE type = 'succeeded' AND job_id > $1),
+                       (SELECT max(e.at) FROM jobs AS j
+                        JOIN job_events AS e ON e.job_id = j.id AND e.event = 'succeeded'
+                        WHERE j.queue_job_id > $1)))::float8 AS ago
             """, after)
         after = time.monotonic()
     if row["succeeded"] != count:

@@ -1,7 +1,8 @@
 """Latency: jobs arriving one by one at ARRIVAL_RATE onto an idle worker (concurrency 10); how
 long from enqueue to started.
 
-Each job's latency is its `started` event minus its `deferred` event in procrastinate_events,
+Each job's latency is its `started` event minus its `deferred` event in procrastinate_events
+(jobq's jobs: its first `started` minus its `submitted` in job_events),
 both from the database's clock and written the same way for jobq and stock jobs. `deferred`
 carries the start of the enqueueing transaction, so the enqueue itself is part of it. The idle
 worker's memory is read here too, before the first job arrives.
@@ -136,6 +137,11 @@ async def _latencies(ctx: Context) -> list[float]:
             FROM procrastinate_events d
             JOIN procrastinate_events s ON s.job_id = d.job_id AND s.type = 'started'
             WHERE d.type = 'deferred'
+            UNION ALL  -- jobq's jobs: their history is in job_events (revision 0015)
+            SELECT extract(epoch FROM s.at - d.at)::float8
+            FROM job_events d
+            JOIN job_events s ON s.job_id = d.job_id AND s.event = 'started' AND s.attempt = 1
+            WHERE d.event = 'submitted'
             """)
     if len(rows) != ctx.size.latency_jobs:
         raise RuntimeError(f"{len(rows)} start events for {ctx.size.latency_jobs} jobs")

@@ -1,4 +1,4 @@
--- The schema of a jobq database at revision 0014, written from a migrated database by
+-- The schema of a jobq database at revision 0016, written from a migrated database by
 -- `python -m service.db.schema write`: do not edit by hand. tests/migrations checks that it
 -- is current. Alembic's revisions (migrations/versions) build the database; this file is for
 -- reading, and for copying a function's current text into a new revision.
@@ -134,22 +134,10 @@ CREATE TABLE job_attempts (
     finished_at timestamp with time zone,
     outcome character varying(16),
     error jsonb,
-    CONSTRAINT pk_job_attempts PRIMARY KEY (id),
-    CONSTRAINT fk_job_attempts_job_id_jobs FOREIGN KEY (job_id) REFERENCES jobs(id) ON DELETE CASCADE
+    CONSTRAINT pk_job_attempts PRIMARY KEY (id)
 );
 CREATE UNIQUE INDEX ix_job_attempts_job_id_number ON public.job_attempts USING btree (job_id, number);
 CREATE UNIQUE INDEX uq_job_attempts_open_per_job ON public.job_attempts USING btree (job_id) WHERE (finished_at IS NULL);
-
-CREATE TABLE job_counters (
-    shard integer NOT NULL,
-    queue character varying(128) NOT NULL,
-    type character varying(128) NOT NULL,
-    event character varying(32) NOT NULL,
-    bucket smallint NOT NULL,
-    count bigint NOT NULL,
-    seconds double precision NOT NULL,
-    CONSTRAINT pk_job_counters PRIMARY KEY (shard, queue, type, event, bucket)
-);
 
 CREATE TABLE job_events (
     id bigint DEFAULT nextval('job_events_id_seq'::regclass) NOT NULL,
@@ -160,8 +148,7 @@ CREATE TABLE job_events (
     worker_name text,
     message text,
     error jsonb,
-    CONSTRAINT pk_job_events PRIMARY KEY (id),
-    CONSTRAINT fk_job_events_job_id_jobs FOREIGN KEY (job_id) REFERENCES jobs(id) ON DELETE CASCADE
+    CONSTRAINT pk_job_events PRIMARY KEY (id)
 );
 CREATE INDEX ix_job_events_job_id_id ON public.job_events USING btree (job_id, id);
 
@@ -199,6 +186,9 @@ CREATE TABLE job_stats_daily (
     failed bigint DEFAULT 0 NOT NULL,
     cancelled bigint DEFAULT 0 NOT NULL,
     retried bigint DEFAULT 0 NOT NULL,
+    started bigint DEFAULT 0 NOT NULL,
+    requeued bigint DEFAULT 0 NOT NULL,
+    client_retried bigint DEFAULT 0 NOT NULL,
     CONSTRAINT pk_job_stats_daily PRIMARY KEY (day, queue_name, task_name, shard)
 );
 
@@ -211,6 +201,7 @@ CREATE TABLE job_stats_histograms (
     shard smallint NOT NULL,
     n bigint NOT NULL,
     max_ms double precision NOT NULL,
+    sum_ms double precision DEFAULT 0 NOT NULL,
     CONSTRAINT pk_job_stats_histograms PRIMARY KEY (day, queue_name, task_name, metric, bucket, shard)
 );
 
@@ -237,7 +228,6 @@ CREATE TABLE jobs (
     CONSTRAINT pk_jobs PRIMARY KEY (id),
     CONSTRAINT uq_jobs_queue_job_id UNIQUE (queue_job_id),
     CONSTRAINT fk_jobs_api_key_id_api_keys FOREIGN KEY (api_key_id) REFERENCES api_keys(id),
-    CONSTRAINT fk_jobs_queue_job_id_procrastinate_jobs FOREIGN KEY (queue_job_id) REFERENCES procrastinate_jobs(id) ON DELETE CASCADE,
     CONSTRAINT ck_jobs_max_attempts_positive CHECK (max_attempts >= 1),
     CONSTRAINT ck_jobs_progress_percent CHECK (progress >= 0 AND progress <= 100)
 );
@@ -664,6 +654,7 @@ $function$;
 CREATE OR REPLACE FUNCTION public.jobq_cancel_job(p_job_id uuid, OUT verdict text, OUT prior_status text)
  RETURNS record
  LANGUAGE plpgsql
+ SET "jobq.keeps_history" TO 'on'
 AS $function$
 -- A client cancels a job. Queued or scheduled: cancelled now (verdict 'cancelled'). Running:
 -- its worker is asked to stop it ('cancel_requested'; Procrastinate's trigger notifies the
@@ -696,6 +687,10 @@ CREATE OR REPLACE FUNCTION public.jobq_claim_jobs(p_queues character varying[], 
  LANGUAGE plpgsql
  SET enable_sort TO 'off'
  SET jit TO 'off'
+ SET enable_seqscan TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
+ SET "jobq.keeps_history" TO 'on'
 AS $function$
 #variable_conflict use_column
 DECLARE
@@ -769,9 +764,9 @@ BEGIN
         -- Daily aggregate (docs/reporting.md): how long first attempts waited to start, from
         -- submission or from the time the job was scheduled for.
         INSERT INTO job_stats_histograms AS h (day, queue_name, task_name, metric, bucket,
-                                               shard, n, max_ms)
+                                               shard, n, max_ms, sum_ms)
         SELECT jobq_today(), x.queue_name, x.task_name, 'wait', jobq_stats_bucket(x.ms),
-               jobq_shard(), count(*), max(x.ms)
+               jobq_shard(), count(*), max(x.ms), sum(x.ms)
         FROM (SELECT c.queue_name, c.task_name,
                      greatest(extract(epoch FROM v_started
                                       - coalesce(c.scheduled_at, w.created_at)) * 1000, 0) AS ms
@@ -782,7 +777,8 @@ BEGIN
         GROUP BY x.queue_name, x.task_name, jobq_stats_bucket(x.ms)
         ORDER BY x.queue_name, x.task_name, jobq_stats_bucket(x.ms)
         ON CONFLICT (day, queue_name, task_name, metric, bucket, shard)
-        DO UPDATE SET n = h.n + excluded.n, max_ms = greatest(h.max_ms, excluded.max_ms)
+        DO UPDATE SET n = h.n + excluded.n, max_ms = greatest(h.max_ms, excluded.max_ms),
+                      sum_ms = h.sum_ms + excluded.sum_ms
     )
     SELECT o.id, o.job_id, o.number, c.attempts + 1, c.task_name, c.queue_name,
            w.payload, w.max_attempts, w.timeout_seconds, w.backoff
@@ -798,6 +794,9 @@ CREATE OR REPLACE FUNCTION public.jobq_claim_limited(p_queues character varying[
  LANGUAGE plpgsql
  SET enable_sort TO 'off'
  SET jit TO 'off'
+ SET enable_seqscan TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
 AS $function$
 DECLARE
     q record;
@@ -923,7 +922,7 @@ BEGIN
         LIMIT p_limit
         FOR UPDATE OF pj SKIP LOCKED
     ), gone AS (
-        -- jobs, their attempts, events and file links follow through ON DELETE CASCADE
+        -- jobs, their attempts, events and file links follow (jobq_forget_jobs)
         DELETE FROM procrastinate_jobs WHERE id IN (SELECT id FROM doomed) RETURNING id
     )
     SELECT count(*) INTO v_deleted FROM gone;
@@ -934,10 +933,14 @@ $function$;
 CREATE OR REPLACE FUNCTION public.jobq_count_changes()
  RETURNS trigger
  LANGUAGE plpgsql
+ SET enable_seqscan TO 'on'
+ SET enable_hashjoin TO 'on'
+ SET enable_mergejoin TO 'on'
 AS $function$
 -- Keeps queue_counts and job_stats_daily in the transaction of every statement that inserts,
 -- moves or deletes queue rows, whoever runs it (jobq_* functions, cascades, Procrastinate's
 -- own functions). The daily aggregate first, then the counts, everywhere: one lock order.
+-- job_stats_daily is also what /metrics counts (revision 0016): one count of each fact.
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO job_stats_daily AS d (day, queue_name, task_name, shard, submitted)
@@ -957,27 +960,39 @@ BEGIN
         ON CONFLICT (queue_name, status, shard) DO UPDATE SET n = c.n + excluded.n;
     ELSE
         INSERT INTO job_stats_daily AS d (day, queue_name, task_name, shard, succeeded,
-                                          failed, cancelled, retried)
+                                          failed, cancelled, retried, started, requeued,
+                                          client_retried)
         SELECT jobq_today(), m.queue_name, m.task_name, jobq_shard(),
                count(*) FILTER (WHERE m.status = 'succeeded'),
                count(*) FILTER (WHERE m.status = 'failed'),
                count(*) FILTER (WHERE m.status IN ('cancelled', 'aborted')),
-               count(*) FILTER (WHERE m.retried)
+               count(*) FILTER (WHERE m.retried OR m.client_retried),
+               count(*) FILTER (WHERE m.started),
+               count(*) FILTER (WHERE m.requeued),
+               count(*) FILTER (WHERE m.client_retried)
         FROM (
             SELECT n.queue_name, n.task_name, n.status,
-                   -- back to the queue after a failed attempt, or a client's retry (an
-                   -- interrupted attempt is not counted, so is not a retry)
-                   n.status = 'todo' AND (o.status IN ('failed', 'cancelled', 'aborted')
-                                          OR (o.status = 'doing' AND n.attempts > o.attempts))
-                       AS retried
+                   -- back to the queue after a failed attempt (an interrupted attempt is not
+                   -- counted, so is not a retry: it is requeued)
+                   (o.status = 'doing' AND n.status = 'todo' AND n.attempts > o.attempts)
+                       AS retried,
+                   (o.status = 'doing' AND n.status = 'todo' AND n.attempts <= o.attempts)
+                       AS requeued,
+                   -- a client's retry of a finished job
+                   (n.status = 'todo' AND o.status IN ('failed', 'cancelled', 'aborted'))
+                       AS client_retried,
+                   (o.status = 'todo' AND n.status = 'doing') AS started
             FROM old_rows AS o JOIN new_rows AS n ON n.id = o.id
             WHERE o.status <> n.status
         ) AS m
-        WHERE m.status IN ('succeeded', 'failed', 'cancelled', 'aborted') OR m.retried
+        WHERE m.status IN ('succeeded', 'failed', 'cancelled', 'aborted')
+           OR m.retried OR m.requeued OR m.client_retried OR m.started
         GROUP BY m.queue_name, m.task_name ORDER BY m.queue_name, m.task_name
         ON CONFLICT (day, queue_name, task_name, shard) DO UPDATE
         SET succeeded = d.succeeded + excluded.succeeded, failed = d.failed + excluded.failed,
-            cancelled = d.cancelled + excluded.cancelled, retried = d.retried + excluded.retried;
+            cancelled = d.cancelled + excluded.cancelled, retried = d.retried + excluded.retried,
+            started = d.started + excluded.started, requeued = d.requeued + excluded.requeued,
+            client_retried = d.client_retried + excluded.client_retried;
 
         INSERT INTO queue_counts AS c (queue_name, status, shard, n)
         SELECT x.queue_name, x.status, jobq_shard(), sum(x.d)
@@ -1024,7 +1039,7 @@ BEGIN
         verdict := 'refused';
         RETURN;
     END IF;
-    -- Our rows (job, attempts, events, file links) follow through ON DELETE CASCADE.
+    -- Our rows (job, attempts, events, file links) follow (jobq_forget_jobs).
     DELETE FROM procrastinate_jobs WHERE id = r.queue_job_id;
     verdict := 'deleted';
 END;
@@ -1035,6 +1050,10 @@ CREATE OR REPLACE FUNCTION public.jobq_finish_attempts(p_attempt_ids bigint[], p
  LANGUAGE plpgsql
  SET jit TO 'off'
  SET plan_cache_mode TO 'force_generic_plan'
+ SET enable_seqscan TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
+ SET "jobq.keeps_history" TO 'on'
 AS $function$
 #variable_conflict use_column
 -- Record how many attempts ended and move their jobs on, in a handful of statements whatever
@@ -1133,15 +1152,16 @@ BEGIN
         -- Daily aggregates (docs/reporting.md): how long the attempts that ran to an end took,
         -- what each worker did, and the failures by error type.
         INSERT INTO job_stats_histograms AS h (day, queue_name, task_name, metric, bucket,
-                                               shard, n, max_ms)
+                                               shard, n, max_ms, sum_ms)
         SELECT jobq_today(), t.queue_name, t.task_name, 'run', jobq_stats_bucket(t.ran_ms),
-               jobq_shard(), count(*), max(t.ran_ms)
+               jobq_shard(), count(*), max(t.ran_ms), sum(t.ran_ms)
         FROM target AS t
         WHERE NOT p_lost AND t.outcome IN ('succeeded', 'failed', 'retry')
         GROUP BY t.queue_name, t.task_name, jobq_stats_bucket(t.ran_ms)
         ORDER BY t.queue_name, t.task_name, jobq_stats_bucket(t.ran_ms)
         ON CONFLICT (day, queue_name, task_name, metric, bucket, shard)
-        DO UPDATE SET n = h.n + excluded.n, max_ms = greatest(h.max_ms, excluded.max_ms)
+        DO UPDATE SET n = h.n + excluded.n, max_ms = greatest(h.max_ms, excluded.max_ms),
+                      sum_ms = h.sum_ms + excluded.sum_ms
     ), by_worker AS (
         INSERT INTO worker_stats_daily AS w (day, worker_name, attempts, succeeded, failed,
                                              retried, cancelled, interrupted, lost, busy_ms)
@@ -1202,44 +1222,50 @@ AS $function$
     END
 $function$;
 
-CREATE OR REPLACE FUNCTION public.jobq_fold_counters()
- RETURNS bigint
- LANGUAGE plpgsql
-AS $function$
--- Fold the counter rows of database sessions that have ended into shard 0; every total stays
--- the same (rows are moved, in one statement). One fold at a time; returns the rows folded.
-DECLARE
-    v_folded bigint;
-BEGIN
-    IF NOT pg_try_advisory_xact_lock(hashtext('jobq_fold_counters')) THEN
-        RETURN 0;
-    END IF;
-    WITH gone AS (
-        DELETE FROM job_counters AS c
-        WHERE c.shard <> 0
-          AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS s WHERE s.pid = c.shard)
-        RETURNING c.queue, c.type, c.event, c.bucket, c.count, c.seconds
-    ), folded AS (
-        INSERT INTO job_counters AS c (shard, queue, type, event, bucket, count, seconds)
-        SELECT 0, g.queue, g.type, g.event, g.bucket, sum(g.count), sum(g.seconds)
-        FROM gone AS g
-        GROUP BY 2, 3, 4, 5
-        ORDER BY 2, 3, 4, 5
-        ON CONFLICT (shard, queue, type, event, bucket)
-        DO UPDATE SET count = c.count + excluded.count, seconds = c.seconds + excluded.seconds
-    )
-    SELECT count(*) INTO v_folded FROM gone;
-    RETURN v_folded;
-END;
-$function$;
-
 CREATE OR REPLACE FUNCTION public.jobq_forget_counts()
  RETURNS trigger
  LANGUAGE plpgsql
 AS $function$
 BEGIN
-    -- TRUNCATE of the queue: nothing is left to count.
+    -- TRUNCATE of the queue: nothing is left to count, and no job is left (what TRUNCATE ...
+    -- CASCADE did through the foreign key; their history follows through jobq_forget_history).
     DELETE FROM queue_counts;
+    DELETE FROM jobs;
+    RETURN NULL;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_forget_history()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
+ SET jit TO 'off'
+AS $function$
+-- Deleted jobs take their attempts and events with them, looked up by job.
+DECLARE
+    v_ids uuid[] := ARRAY(SELECT g.id FROM gone_jobs AS g);
+BEGIN
+    DELETE FROM job_attempts AS a WHERE a.job_id = ANY (v_ids);
+    DELETE FROM job_events AS e WHERE e.job_id = ANY (v_ids);
+    RETURN NULL;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_forget_jobs()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
+ SET jit TO 'off'
+AS $function$
+-- Deleted queue rows take their jobs rows with them (what a cascading foreign key did): any
+-- writer's delete, jobq's or Procrastinate's. Each job is looked up by its key.
+BEGIN
+    DELETE FROM jobs AS j
+    WHERE j.queue_job_id = ANY (ARRAY(SELECT o.id FROM old_rows AS o));
     RETURN NULL;
 END;
 $function$;
@@ -1277,6 +1303,9 @@ CREATE OR REPLACE FUNCTION public.jobq_job_events_inserted()
  RETURNS trigger
  LANGUAGE plpgsql
  SET jit TO 'off'
+ SET enable_seqscan TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
 AS $function$
 DECLARE
     v_first bigint;
@@ -1294,40 +1323,6 @@ BEGIN
     END IF;
     -- Delivered at commit, in commit order; nothing at all if the transaction rolls back.
     PERFORM pg_notify('jobq_events', 'e:' || v_first || ':' || v_last);
-
-    -- Time measured per event: a start waited since the job was due (its run_at or retry
-    -- time, its previous attempt's end, else its creation); an attempt's end ran since its
-    -- start. Other events count without a time. Every lookup is one row by its key (OFFSET 0
-    -- keeps them per row): the planner takes a transition table for 1000 rows, and as a join
-    -- it hashed the whole queue, 7.9 ms per claim of 10 with 20,000 jobs queued instead of
-    -- 0.11 ms (auto_explain), which made drains 5x slower.
-    INSERT INTO job_counters AS c (shard, queue, type, event, bucket, count, seconds)
-    SELECT pg_backend_pid(), m.queue, m.type, m.event,
-           coalesce(width_bucket(m.seconds, jobq_metric_buckets()), -1),
-           count(*), coalesce(sum(m.seconds), 0)
-    FROM new_events AS n
-    CROSS JOIN LATERAL (
-        SELECT pj.queue_name AS queue, pj.task_name AS type, n.event,
-               CASE
-                   WHEN n.event = 'started' THEN extract(epoch FROM n.at - greatest(
-                       coalesce(pj.scheduled_at, j.created_at),
-                       (SELECT a.finished_at FROM job_attempts AS a
-                         WHERE a.job_id = n.job_id AND a.number = n.attempt - 1)))
-                   WHEN n.attempt IS NOT NULL
-                        AND n.event IN ('succeeded', 'failed', 'retry_scheduled', 'cancelled',
-                                        'requeued') THEN
-                       (SELECT extract(epoch FROM n.at - a.started_at) FROM job_attempts AS a
-                         WHERE a.job_id = n.job_id AND a.number = n.attempt)
-               END::double precision AS seconds
-        FROM jobs AS j
-        JOIN procrastinate_jobs AS pj ON pj.id = j.queue_job_id
-        WHERE j.id = n.job_id
-        OFFSET 0
-    ) AS m
-    GROUP BY 2, 3, 4, 5
-    ORDER BY 2, 3, 4, 5
-    ON CONFLICT (shard, queue, type, event, bucket)
-    DO UPDATE SET count = c.count + excluded.count, seconds = c.seconds + excluded.seconds;
 
     IF v_terminal THEN
         -- The job as it is at this outcome, kept in the delivery's payload: the POST describes
@@ -1409,10 +1404,12 @@ CREATE OR REPLACE FUNCTION public.jobq_metric_buckets()
  LANGUAGE sql
  IMMUTABLE PARALLEL SAFE
 AS $function$
-    -- Upper bounds (seconds) of the run-time and queue-wait histograms. job_counters.bucket is
-    -- width_bucket(seconds, these): 0 below the first bound, i from bound i on, -1 for events
-    -- that measure no time. /metrics reads the bounds from here.
-    SELECT '{0.005,0.01,0.025,0.05,0.1,0.25,0.5,1,2.5,5,10,30,60,300,900,3600}'::double precision[]
+    -- Upper bounds (seconds) of /metrics' run-time and queue-wait histograms: 2^k ms for
+    -- k = 0..22, the upper edge of every fourth bucket of jobq_stats_bucket (bucket 4k holds
+    -- durations below 2^k ms), so that the counts up to each bound are exact sums of the
+    -- daily histograms. Bucket b is counted up to bound number ceil(b / 4).
+    SELECT array_agg(power(2, k) / 1000.0 ORDER BY k)::double precision[]
+    FROM generate_series(0, 22) AS k
 $function$;
 
 CREATE OR REPLACE FUNCTION public.jobq_notify_requeued(p_queue character varying, p_queue_job_id bigint)
@@ -1439,7 +1436,7 @@ AS $function$
         LIMIT p_limit
         FOR UPDATE OF pj SKIP LOCKED
     ), gone AS (
-        -- jobs, their attempts, events and file links follow through ON DELETE CASCADE
+        -- jobs, their attempts, events and file links follow (jobq_forget_jobs)
         DELETE FROM procrastinate_jobs WHERE id IN (SELECT id FROM doomed) RETURNING id
     )
     SELECT count(*)::integer FROM gone
@@ -1484,6 +1481,7 @@ $function$;
 CREATE OR REPLACE FUNCTION public.jobq_retry_job(p_job_id uuid, OUT verdict text, OUT prior_status text)
  RETURNS record
  LANGUAGE plpgsql
+ SET "jobq.keeps_history" TO 'on'
 AS $function$
 -- A client retries a failed or cancelled job: back to the queue with a fresh attempt budget
 -- ('retried'); any other status: 'refused'. No such job: both NULL. Its attempts and events
@@ -1595,9 +1593,13 @@ CREATE OR REPLACE FUNCTION public.jobq_stats_bucket(p_ms double precision)
  IMMUTABLE
 AS $function$
     -- Histogram bucket of a duration: 0 below 1 ms, then four buckets per doubling (bucket b
-    -- holds [2^((b-1)/4), 2^(b/4)) ms), so a percentile read from it is within 19 %.
+    -- holds [2^((b-1)/4), 2^(b/4)) ms), so a percentile read from it is within 19 %. In double
+    -- precision (numeric's log took about 20 us a call, at every claim and finish): exact at
+    -- the powers of two, /metrics' bounds; like numeric's from a double, it may put a value
+    -- within a rounding error of another edge in the next bucket.
     SELECT CASE WHEN p_ms < 1 THEN 0
-                ELSE least(1 + floor(4 * log(2, p_ms::numeric)), 32000)::smallint END
+                ELSE least(1 + floor(4 * ln(p_ms) / ln(2::double precision)), 32000)::smallint
+           END
 $function$;
 
 CREATE OR REPLACE FUNCTION public.jobq_stats_bucket_ms(p_bucket smallint)
@@ -1630,6 +1632,10 @@ CREATE OR REPLACE FUNCTION public.jobq_submit_jobs(p_ids uuid[], p_queues charac
  RETURNS SETOF job_overview
  LANGUAGE plpgsql
  SET jit TO 'off'
+ SET enable_seqscan TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
+ SET "jobq.keeps_history" TO 'on'
 AS $function$
 DECLARE
     v_queue_ids bigint[];
@@ -2185,6 +2191,8 @@ CREATE TRIGGER jobq_job_events_inserted AFTER INSERT ON job_events REFERENCING N
 
 CREATE TRIGGER job_files_forget_unused AFTER DELETE ON job_files REFERENCING OLD TABLE AS gone_links FOR EACH STATEMENT EXECUTE FUNCTION jobq_forget_unused_file();
 
+CREATE TRIGGER jobq_forget_history AFTER DELETE ON jobs REFERENCING OLD TABLE AS gone_jobs FOR EACH STATEMENT EXECUTE FUNCTION jobq_forget_history();
+
 CREATE TRIGGER jobq_count_deleted AFTER DELETE ON procrastinate_jobs REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION jobq_count_changes();
 
 CREATE TRIGGER jobq_count_inserted AFTER INSERT ON procrastinate_jobs REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION jobq_count_changes();
@@ -2192,6 +2200,8 @@ CREATE TRIGGER jobq_count_inserted AFTER INSERT ON procrastinate_jobs REFERENCIN
 CREATE TRIGGER jobq_count_truncated AFTER TRUNCATE ON procrastinate_jobs FOR EACH STATEMENT EXECUTE FUNCTION jobq_forget_counts();
 
 CREATE TRIGGER jobq_count_updated AFTER UPDATE ON procrastinate_jobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION jobq_count_changes();
+
+CREATE TRIGGER jobq_forget_jobs AFTER DELETE ON procrastinate_jobs REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION jobq_forget_jobs();
 
 CREATE TRIGGER procrastinate_jobs_notify_queue_job_aborted_v1 AFTER UPDATE OF abort_requested ON procrastinate_jobs FOR EACH ROW WHEN (old.abort_requested = false AND new.abort_requested = true AND new.status = 'doing'::procrastinate_job_status) EXECUTE FUNCTION procrastinate_notify_queue_abort_job_v1();
 
@@ -2201,8 +2211,8 @@ CREATE TRIGGER procrastinate_trigger_abort_requested_events_v1 AFTER UPDATE OF a
 
 CREATE TRIGGER procrastinate_trigger_delete_jobs_v1 BEFORE DELETE ON procrastinate_jobs FOR EACH ROW EXECUTE FUNCTION procrastinate_unlink_periodic_defers_v1();
 
-CREATE TRIGGER procrastinate_trigger_scheduled_events_v1 AFTER INSERT OR UPDATE ON procrastinate_jobs FOR EACH ROW WHEN (new.scheduled_at IS NOT NULL AND new.status = 'todo'::procrastinate_job_status) EXECUTE FUNCTION procrastinate_trigger_function_scheduled_events_v1();
+CREATE TRIGGER procrastinate_trigger_scheduled_events_v1 AFTER INSERT OR UPDATE ON procrastinate_jobs FOR EACH ROW WHEN (new.scheduled_at IS NOT NULL AND new.status = 'todo'::procrastinate_job_status AND current_setting('jobq.keeps_history'::text, true) IS DISTINCT FROM 'on'::text) EXECUTE FUNCTION procrastinate_trigger_function_scheduled_events_v1();
 
-CREATE TRIGGER procrastinate_trigger_status_events_insert_v1 AFTER INSERT ON procrastinate_jobs FOR EACH ROW WHEN (new.status = 'todo'::procrastinate_job_status) EXECUTE FUNCTION procrastinate_trigger_function_status_events_insert_v1();
+CREATE TRIGGER procrastinate_trigger_status_events_insert_v1 AFTER INSERT ON procrastinate_jobs FOR EACH ROW WHEN (new.status = 'todo'::procrastinate_job_status AND current_setting('jobq.keeps_history'::text, true) IS DISTINCT FROM 'on'::text) EXECUTE FUNCTION procrastinate_trigger_function_status_events_insert_v1();
 
-CREATE TRIGGER procrastinate_trigger_status_events_update_v1 AFTER UPDATE OF status ON procrastinate_jobs FOR EACH ROW EXECUTE FUNCTION procrastinate_trigger_function_status_events_update_v1();
+CREATE TRIGGER procrastinate_trigger_status_events_update_v1 AFTER UPDATE OF status ON procrastinate_jobs FOR EACH ROW WHEN (current_setting('jobq.keeps_history'::text, true) IS DISTINCT FROM 'on'::text) EXECUTE FUNCTION procrastinate_trigger_function_status_events_update_v1();

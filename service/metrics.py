@@ -2,10 +2,10 @@
 time, so every API process answers the same and no job is counted twice.
 
 - Gauges (queue depth, oldest queued job, live workers) are counted from the queue's rows.
-- Counters and histograms are the totals in job_counters, which revision 0011's trigger adds to
-  in the transaction that writes each event: a job counts once, whichever process ran it, and
-  the totals survive the deletion of the jobs (retention, DELETE). Deleted sessions' rows are
-  folded together at each scrape; the sums do not change.
+- Counters and histograms are the sums of the daily aggregates the reports read
+  (job_stats_daily, job_stats_histograms; revision 0016), kept in the transaction of each change
+  of state: a job counts once, whichever process ran it, and the totals survive the deletion of
+  the jobs (retention, DELETE). Nothing else counts the same facts.
 - `jobq_api_event_streams` is the one figure of the process that answers: its open streams.
 """
 
@@ -47,23 +47,36 @@ GROUP BY 1, 2
 # that the partial index on active jobs serves it: the view's derived status cannot use it.
 
 _TOTALS = """
-SELECT queue, type, event, bucket, sum(count)::bigint AS count, sum(seconds) AS seconds
-FROM job_counters GROUP BY 1, 2, 3, 4
+SELECT queue_name AS queue, task_name AS type,
+       sum(submitted)::bigint AS submitted, sum(started)::bigint AS started,
+       sum(succeeded)::bigint AS succeeded, sum(failed)::bigint AS failed,
+       sum(cancelled)::bigint AS cancelled,
+       sum(retried - client_retried)::bigint AS backoff, sum(requeued)::bigint AS requeued,
+       sum(client_retried)::bigint AS client
+FROM job_stats_daily GROUP BY 1, 2
 """
+
+_HISTOGRAMS = """
+SELECT task_name AS type, metric, least((bucket + 3) / 4, $1::integer) AS bound,
+       sum(n)::bigint AS count, sum(sum_ms) / 1000.0 AS seconds
+FROM job_stats_histograms GROUP BY 1, 2, 3
+"""
+# Histogram bucket b (jobq_stats_bucket) holds durations below 2^(b/4) ms; /metrics' bound k is
+# 2^k ms, so bucket b counts up to bound ceil(b / 4); past the last bound, +Inf.
 
 _WORKERS = """
 SELECT count(*) FROM procrastinate_workers
 WHERE last_heartbeat > now() - make_interval(secs => $1)
 """
 
-RETRY_REASONS = {"retry_scheduled": "backoff", "requeued": "requeued", "retried": "client"}
-"""job_events that put a job back in line, and the `reason` label each gets."""
+RETRY_REASONS = ("backoff", "requeued", "client")
+"""What put a job back in line (the `reason` label): a failed attempt with attempts left, an
+attempt stopped and not counted (shutdown, fencing), a client's retry."""
 
-ATTEMPT_ENDS = frozenset({"succeeded", "failed", "retry_scheduled", "cancelled", "requeued"})
-"""Events that end an attempt: their time is the attempt's run time."""
+DELIVERY_OUTCOMES = {"succeeded": "delivered", "backoff": "retried", "failed": "failed"}
+"""system.webhook job counts, as webhook delivery outcomes."""
 
-DELIVERY_OUTCOMES = {"succeeded": "delivered", "retry_scheduled": "retried", "failed": "failed"}
-"""system.webhook attempt ends, as webhook delivery outcomes."""
+HISTOGRAMS = {"run": "jobq_job_run_seconds", "wait": "jobq_job_queue_wait_seconds"}
 
 
 @dataclass
@@ -73,6 +86,7 @@ class Scrape:
     bounds: list[float]
     depth: list[dict[str, Any]]
     totals: list[dict[str, Any]]
+    histograms: list[dict[str, Any]]
     live_workers: int
     open_streams: int
 
@@ -80,12 +94,12 @@ class Scrape:
 async def read(backend: Backend, stall_seconds: float, open_streams: int) -> Scrape:
     """Everything /metrics shows, read in one transaction (one consistent snapshot)."""
     async with backend.transaction() as conn:
-        await conn.execute("SELECT jobq_fold_counters()")
         bounds = list(await conn.fetchval("SELECT jobq_metric_buckets()"))
         depth = [dict(r) for r in await conn.fetch(_DEPTH)]
         totals = [dict(r) for r in await conn.fetch(_TOTALS)]
+        histograms = [dict(r) for r in await conn.fetch(_HISTOGRAMS, len(bounds))]
         workers = await conn.fetchval(_WORKERS, stall_seconds)
-    return Scrape(bounds, depth, totals, workers, open_streams)
+    return Scrape(bounds, depth, totals, histograms, workers, open_streams)
 
 
 def render(scrape: Scrape) -> bytes:
@@ -146,17 +160,18 @@ def _counters(scrape: Scrape) -> Iterator[Metric]:
     deliveries = CounterMetricFamily(
         "jobq_webhook_deliveries", "Webhook delivery attempts: delivered, retried (failed, "
         "tried again later), failed (for good, or refused).", labels=["outcome"])
-    sums: dict[tuple[str, ...], int] = defaultdict(int)
-    for row in scrape.totals:
-        sums[(row["queue"], row["type"], row["event"])] += row["count"]
     delivered: dict[str, int] = dict.fromkeys(DELIVERY_OUTCOMES.values(), 0)
-    for (queue, job_type, event), count in sorted(sums.items()):
-        if event in per_type:
-            per_type[event].add_metric([queue, job_type], count)
-        elif event in RETRY_REASONS:
-            retried.add_metric([queue, job_type, RETRY_REASONS[event]], count)
-        if job_type == "system.webhook" and event in DELIVERY_OUTCOMES:
-            delivered[DELIVERY_OUTCOMES[event]] += count
+    for row in sorted(scrape.totals, key=lambda r: (r["queue"], r["type"])):
+        labels = [row["queue"], row["type"]]
+        for event, family in per_type.items():
+            if row[event]:
+                family.add_metric(labels, row[event])
+        for reason in RETRY_REASONS:
+            if row[reason]:
+                retried.add_metric([*labels, reason], row[reason])
+        if row["type"] == "system.webhook":
+            for column, outcome in DELIVERY_OUTCOMES.items():
+                delivered[outcome] += row[column]
     for outcome, count in delivered.items():
         deliveries.add_metric([outcome], count)
     yield from per_type.values()
@@ -165,18 +180,19 @@ def _counters(scrape: Scrape) -> Iterator[Metric]:
 
 
 def _histograms(scrape: Scrape) -> Iterator[Metric]:
-    run = HistogramMetricFamily("jobq_job_run_seconds",
-                                "How long attempts ran, per job type.", labels=["type"])
-    wait = HistogramMetricFamily("jobq_job_queue_wait_seconds",
-                                 "How long jobs waited between being due (run_at or retry time, "
-                                 "else submission) and starting, per job type.",
+    run = HistogramMetricFamily(HISTOGRAMS["run"],
+                                "How long attempts ran that ended succeeded, failed or for a "
+                                "retry, per job type.", labels=["type"])
+    wait = HistogramMetricFamily(HISTOGRAMS["wait"],
+                                 "How long jobs waited between being due (run_at, else "
+                                 "submission) and their first attempt's start, per job type.",
                                  labels=["type"])
-    for family, events in ((run, ATTEMPT_ENDS), (wait, frozenset({"started"}))):
+    for family, metric in ((run, "run"), (wait, "wait")):
         counts: dict[str, list[int]] = defaultdict(lambda: [0] * (len(scrape.bounds) + 1))
         seconds: dict[str, float] = defaultdict(float)
-        for row in scrape.totals:
-            if row["event"] in events and row["bucket"] >= 0:
-                counts[row["type"]][row["bucket"]] += row["count"]
+        for row in scrape.histograms:
+            if row["metric"] == metric:
+                counts[row["type"]][row["bound"]] += row["count"]
                 seconds[row["type"]] += row["seconds"]
         for job_type in sorted(counts):
             family.add_metric([job_type], _cumulative(scrape.bounds, counts[job_type]),

@@ -146,10 +146,10 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
-    queue_job_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("procrastinate_jobs.id", ondelete="CASCADE"), unique=True
-    )
-    """The Procrastinate job that carries this job's queue state (status, schedule, attempts)."""
+    queue_job_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    """The Procrastinate job that carries this job's queue state (status, schedule, attempts).
+    Written with it by jobq_submit_jobs and deleted with it by a trigger (revision 0015): no
+    foreign key, whose per-row check could flip to a sequential scan (issue 17)."""
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     max_attempts: Mapped[int] = mapped_column(Integer)
     """Attempts allowed in the current budget; a manual retry starts a fresh budget."""
@@ -203,7 +203,9 @@ class JobAttempt(Base):
     __tablename__ = "job_attempts"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    """Its job; written only by jobq_* functions that hold the job, deleted with it by a
+    trigger on jobs (revision 0015), so no foreign key is checked per row on the hot path."""
     number: Mapped[int] = mapped_column(Integer)
     """1 for the first run of the job, counting across manual retries."""
     worker_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -231,7 +233,8 @@ class JobEvent(Base):
     __tablename__ = "job_events"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    """Its job, as for JobAttempt.job_id: no foreign key, deleted with the job by a trigger."""
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     event: Mapped[str] = mapped_column(String(32))
     attempt: Mapped[int | None] = mapped_column(Integer)
@@ -357,8 +360,9 @@ class QueueCount(Base):
 
 
 class JobStatsDaily(Base):
-    """Jobs submitted, succeeded, failed, cancelled and retried per day (UTC), queue and
-    type: what the reports read (docs/reporting.md). Retention never deletes it."""
+    """Jobs submitted, started, succeeded, failed, cancelled, retried and requeued per day
+    (UTC), queue and type: what the reports and /metrics' counters read (docs/reporting.md,
+    docs/events.md). Retention never deletes it."""
 
     __tablename__ = "job_stats_daily"
 
@@ -371,11 +375,18 @@ class JobStatsDaily(Base):
     failed: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     cancelled: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     retried: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    """Back in line after a failed attempt, or by a client's retry (client_retried of them)."""
+    started: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    """Attempts started."""
+    requeued: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    """Attempts stopped and not counted (worker shutdown, fencing): the job waits again."""
+    client_retried: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
 class JobStatsHistogram(Base):
     """Run times (`run`) and first waits (`wait`) per day, queue and type, as histogram
-    buckets (jobq_stats_bucket), for percentiles; with the largest value of each bucket."""
+    buckets (jobq_stats_bucket), for percentiles; with the largest value and the sum of each
+    bucket. The reports and /metrics' histograms read it."""
 
     __tablename__ = "job_stats_histograms"
 
@@ -387,6 +398,7 @@ class JobStatsHistogram(Base):
     shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     n: Mapped[int] = mapped_column(BigInteger)
     max_ms: Mapped[float] = mapped_column(Double)
+    sum_ms: Mapped[float] = mapped_column(Double, server_default=text("0"))
 
 
 class JobFailuresDaily(Base):
@@ -520,18 +532,3 @@ class WebhookDelivery(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index(None, "job_id", "id"),)
-
-
-class JobCounter(Base):
-    """Totals behind /metrics: events per queue, type and histogram bucket, added to by the
-    trigger on job_events, one shard per database session (revision 0011)."""
-
-    __tablename__ = "job_counters"
-
-    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
-    queue: Mapped[str] = mapped_column(String(128), primary_key=True)
-    type: Mapped[str] = mapped_column(String(128), primary_key=True)
-    event: Mapped[str] = mapped_column(String(32), primary_key=True)
-    bucket: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
-    count: Mapped[int] = mapped_column(BigInteger)
-    seconds: Mapped[float] = mapped_column(Double)
