@@ -138,7 +138,8 @@ def health(url: str | None, timeout: float) -> None:
 
 @cli.group()
 def keys() -> None:
-    """API keys, on DATABASE_URL directly (the first admin key has nobody to ask for it).
+    """API keys, on DATABASE_URL directly (the first admin key has nobody to ask for it);
+    without it, on the embedded database of a `jobq up` running on JOBQ_DATA_DIR.
 
     Roles: submitter (submits jobs; reads, follows, downloads and cancels its own), operator
     (every job and queue, workers, metrics), admin (also keys and maintenance). See
@@ -226,14 +227,14 @@ def _on_database(command: str, work: Callable[[Any], Any]) -> Any:
     the request is refused."""
     from service import errors
 
-    settings = _settings({}, needs_database=command)
-    assert settings.database_url
-    _require_current_schema(settings.database_url, command)
+    settings = _settings({})
+    database_url = settings.database_url or _running_up_database(settings, command)
+    _require_current_schema(database_url, command)
 
     async def run() -> Any:
         import asyncpg
 
-        conn = await asyncpg.connect(settings.database_url)
+        conn = await asyncpg.connect(database_url)
         try:
             return await work(conn)
         finally:
@@ -243,6 +244,24 @@ def _on_database(command: str, work: Callable[[Any], Any]) -> Any:
         return asyncio.run(run())
     except errors.InvalidRequest as exc:
         sys.exit(f"jobq {command}: {exc}")
+
+
+def _embedded_server(settings: Settings) -> Any:
+    """`jobq up`'s embedded PostgreSQL cluster, in the data directory (JOBQ_DATA_DIR)."""
+    from service.db import embedded
+
+    return embedded.EmbeddedPostgres(settings.data_dir.resolve() / "postgres")
+
+
+def _running_up_database(settings: Settings, command: str) -> str:
+    """Without DATABASE_URL: the embedded database of a `jobq up` running on the same data
+    directory (JOBQ_DATA_DIR), found by its private socket; else exits saying what to do."""
+    url = _embedded_server(settings).running_url()
+    if url is None:
+        sys.exit(f"jobq {command}: DATABASE_URL is not set and no `jobq up` is running on the "
+                 f"data directory {settings.data_dir.resolve()} (JOBQ_DATA_DIR). Point "
+                 "DATABASE_URL at your PostgreSQL, or start `jobq up` first.")
+    return url
 
 
 for _command in console.COMMANDS:
@@ -485,11 +504,11 @@ async def _database(settings: Settings) -> AsyncIterator[Settings]:
         return
     from service.db import admin, embedded
 
-    server = embedded.EmbeddedPostgres(settings.data_dir.resolve() / "postgres")
+    server = _embedded_server(settings)
     # In the main thread: the server's parent-death signal is tied to the starting thread.
     admin_url = server.start()
     try:
-        url = await admin.ensure_database(admin_url, "jobq")
+        url = await admin.ensure_database(admin_url, embedded.DATABASE)
         logger.info("embedded PostgreSQL ready, data in %s", settings.data_dir.resolve())
         await asyncio.to_thread(migrate.upgrade, url)
         yield dataclasses.replace(settings, database_url=url)

@@ -33,6 +33,8 @@ SERVER_USER = "jobq-postgres"
 """The system user the server runs as when jobq runs as root."""
 
 SUPERUSER = "postgres"
+PORT = 5432  # on the private socket only: it never meets another server's port
+DATABASE = "jobq"  # the database `jobq up` keeps its jobs in, on the embedded server
 """The superuser the URL names: trust authentication, over a socket only its owner can use."""
 
 START_TIMEOUT = 30.0
@@ -75,7 +77,17 @@ class EmbeddedPostgres:
     @property
     def url(self) -> str:
         """The libpq URL of database `postgres`, as the superuser."""
-        return f"postgresql://{SUPERUSER}@/postgres?host={self.socket_dir}"
+        return self._url("postgres")
+
+    def _url(self, database: str) -> str:
+        return f"postgresql://{SUPERUSER}@/{database}?host={self.socket_dir}&port={PORT}"
+
+    def running_url(self, database: str = DATABASE) -> str | None:
+        """The URL of `database` if a server (another process's, such as a running `jobq up`)
+        answers on this cluster's socket now; None when none does."""
+        if not (self.socket_dir / f".s.PGSQL.{PORT}").is_socket():
+            return None
+        return self._url(database)
 
     def __enter__(self) -> str:
         """Start the server; `with EmbeddedPostgres(path) as url:` binds its URL."""
@@ -182,7 +194,7 @@ class EmbeddedPostgres:
         try:
             return _popen(
                 [str(bin_dir / "postgres"), "-D", str(self.data_dir),
-                 "-k", str(self.socket_dir), *settings],
+                 "-k", str(self.socket_dir), "-p", str(PORT), *settings],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd="/",
                 env={**os.environ, _OWNER_ENV: str(os.getpid())},
                 # Its own session: a Ctrl-C meant for jobq must not stop the database under it.

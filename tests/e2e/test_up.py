@@ -21,12 +21,13 @@ pytestmark = pytest.mark.slow
 class Up:
     """A `jobq up` process on its own data directory and port."""
 
-    def __init__(self, data_dir: Path, log: Path) -> None:
+    def __init__(self, data_dir: Path, log: Path, extra: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items()
                if k not in ("DATABASE_URL", "TEST_DATABASE_URL")}
-        env.update({"JOBQ_DATA_DIR": str(data_dir), "JOBQ_PROGRESS_INTERVAL_SECONDS": "0.05"})
+        env.update({"JOBQ_DATA_DIR": str(data_dir), "JOBQ_PROGRESS_INTERVAL_SECONDS": "0.05",
+                    **(extra or {})})
         with open(log, "a") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "service.cli", "up", "--port", str(self.port)],
@@ -108,3 +109,40 @@ async def _up_and_restart(data_dir: Path, tmp_path: Path) -> None:
         finally:
             assert again.stop() == 0
         assert not postmaster_alive(data_dir)
+
+
+async def test_keys_reach_a_running_up_without_database_url(tmp_path: Path):
+    """`jobq up` with keys required (as on a non-loopback address) gets its first admin key
+    from `jobq keys create` with no DATABASE_URL: the command finds the running server's
+    embedded database through the data directory."""
+    with scratch_dir("jobq-up-keys-") as directory:
+        data_dir = directory / "jobq-data"
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("DATABASE_URL", "TEST_DATABASE_URL")}
+        env["JOBQ_DATA_DIR"] = str(data_dir)
+
+        def keys(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "service.cli", "keys", *args],
+                                  capture_output=True, text=True, timeout=120, env=env)
+
+        refused = keys("list")  # nothing runs on that data directory yet
+        assert refused.returncode == 1
+        assert "no `jobq up` is running on the data directory" in refused.stderr
+        assert "Traceback" not in refused.stderr
+
+        log = tmp_path / "up.log"
+        up = Up(data_dir, log, {"JOBQ_AUTH": "on"})
+        async with httpx.AsyncClient(timeout=10) as client:
+            try:
+                await up.ready(client)
+                assert (await client.get(f"{up.url}/api/v1/queues")).status_code == 401
+                created = keys("create", "--name", "first-admin", "--role", "admin")
+                assert created.returncode == 0, created.stderr
+                [secret] = [line.removeprefix("key: ") for line in created.stdout.splitlines()
+                            if line.startswith("key: ")]
+                answer = await client.get(f"{up.url}/api/v1/keys",
+                                          headers={"authorization": f"Bearer {secret}"})
+                assert answer.status_code == 200, answer.text
+                assert [k["name"] for k in answer.json()["items"]] == ["first-admin"]
+            finally:
+                assert up.stop() == 0, log.read_text()[-3000:]
