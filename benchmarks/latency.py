@@ -89,9 +89,8 @@ async def jobq_http(ctx: Context) -> Figures:
     async with ctx.backend.connection() as conn:
         rows = await conn.fetch(
             """
-            SELECT j.id::text AS id, extract(epoch FROM s.at)::float8 AS started
-            FROM jobs j JOIN procrastinate_events s
-              ON s.job_id = j.queue_job_id AND s.type = 'started'
+            SELECT job_id::text AS id, extract(epoch FROM at)::float8 AS started
+            FROM job_events WHERE event = 'started' AND attempt = 1
             """)
     if len(rows) != len(sent):
         raise RuntimeError(f"{len(rows)} start events for {len(sent)} jobs")

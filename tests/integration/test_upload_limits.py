@@ -255,7 +255,7 @@ def api(database_url: str, tmp_path):
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
                     break
             except httpx.TransportError:
                 pass
