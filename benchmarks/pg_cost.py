@@ -33,6 +33,7 @@ from pathlib import Path
 
 import asyncpg
 
+from benchmarks.scale import HISTORY_SQL
 from service import jobs
 from service.db import admin, migrate
 from service.domain import jobtypes
@@ -122,6 +123,9 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--statements", type=int, default=25, help="top statements listed")
+    parser.add_argument("--history", type=int, default=0, metavar="N",
+                        help="first write N finished jobs (the scale benchmark's history), "
+                             "then VACUUM ANALYZE them")
     parser.add_argument("--analyze", action="store_true",
                         help="VACUUM ANALYZE once the jobs are queued")
     parser.add_argument("--plans", type=int, metavar="BATCHES",
@@ -141,6 +145,11 @@ async def main() -> None:
 async def run(args: argparse.Namespace, url: str) -> None:
     conn = await asyncpg.connect(url)
     try:
+        if args.history:
+            async with conn.transaction():
+                for statement in HISTORY_SQL:
+                    await conn.execute(statement, *([args.history] if "$1" in statement else []))
+            await conn.execute("VACUUM ANALYZE")
         for start in range(0, args.jobs, 1000):
             async with conn.transaction():
                 await jobs.enqueue(conn, [NOOP] * min(1000, args.jobs - start))

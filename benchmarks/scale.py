@@ -26,7 +26,8 @@ QUEUE_GETS = 20
 
 C10 = drain.Variant("c10", 1, 10)
 
-_FILL = [
+HISTORY_SQL = [
+    # a history of $1 finished jobs, two days old (the statements run in one transaction)
     """
     INSERT INTO procrastinate_jobs (queue_name, task_name, priority, status, attempts, args)
     SELECT 'default', 'system.noop', 0, 'succeeded', 1, '{}' FROM generate_series(1, $1)
@@ -91,7 +92,7 @@ async def _drain_rate(ctx: Context) -> float:
 
 async def _fill_history(ctx: Context, count: int) -> None:
     async with ctx.backend.transaction() as conn:
-        for statement in _FILL:
+        for statement in HISTORY_SQL:
             await conn.execute(statement, *([count] if "$1" in statement else []))
     async with ctx.backend.connection() as conn:
         await conn.execute("VACUUM ANALYZE procrastinate_jobs, jobs, job_attempts, job_events")
