@@ -33,7 +33,7 @@ from pathlib import Path
 
 import asyncpg
 
-from benchmarks.scale import HISTORY_SQL
+from benchmarks.scale import write_history
 from service import jobs
 from service.db import admin, migrate
 from service.domain import jobtypes
@@ -146,10 +146,7 @@ async def run(args: argparse.Namespace, url: str) -> None:
     conn = await asyncpg.connect(url)
     try:
         if args.history:
-            async with conn.transaction():
-                for statement in HISTORY_SQL:
-                    await conn.execute(statement, *([args.history] if "$1" in statement else []))
-            await conn.execute("VACUUM ANALYZE")
+            await write_history(conn, args.history)
         for start in range(0, args.jobs, 1000):
             async with conn.transaction():
                 await jobs.enqueue(conn, [NOOP] * min(1000, args.jobs - start))

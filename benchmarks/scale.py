@@ -14,6 +14,7 @@ import asyncio
 import statistics
 import time
 from datetime import timedelta
+from typing import Any
 
 import aiohttp
 
@@ -90,12 +91,18 @@ async def _drain_rate(ctx: Context) -> float:
     return (await drain.jobq(ctx, C10))["jobq.drain.c10.jobs_per_s"]
 
 
-async def _fill_history(ctx: Context, count: int) -> None:
-    async with ctx.backend.transaction() as conn:
+async def write_history(conn: Any, count: int) -> None:
+    """`count` finished jobs (HISTORY_SQL) in one transaction on `conn`, then vacuumed and
+    analysed as autovacuum keeps a table in steady state."""
+    async with conn.transaction():
         for statement in HISTORY_SQL:
             await conn.execute(statement, *([count] if "$1" in statement else []))
+    await conn.execute("VACUUM ANALYZE procrastinate_jobs, jobs, job_attempts, job_events")
+
+
+async def _fill_history(ctx: Context, count: int) -> None:
     async with ctx.backend.connection() as conn:
-        await conn.execute("VACUUM ANALYZE procrastinate_jobs, jobs, job_attempts, job_events")
+        await write_history(conn, count)
 
 
 async def _timed_purge(ctx: Context) -> tuple[int, float]:

@@ -18,7 +18,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 API = "/api/v1"
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-"""Statuses a job never leaves (shared/API.md)."""
+"""Statuses a job never leaves (docs/lifecycle.md)."""
 
 
 class ApiError(Exception):

@@ -173,9 +173,9 @@ async def _deliveries(w: World) -> None:
 
 @case("GET /api/v1/jobs/by-key/{key:str}")
 async def _by_key(w: World) -> None:
-    # Both keys used the job key "shared": each finds its own job by it.
-    mine = (await w.a.get("/api/v1/jobs/by-key/shared")).json()["id"]
-    theirs = (await w.b.get("/api/v1/jobs/by-key/shared")).json()["id"]
+    # Both keys used the job key "common": each finds its own job by it.
+    mine = (await w.a.get("/api/v1/jobs/by-key/common")).json()["id"]
+    theirs = (await w.b.get("/api/v1/jobs/by-key/common")).json()["id"]
     assert mine == w.jobs["done"]["id"] and theirs == w.jobs["b_shared"]["id"]
     not_found(await w.b.get("/api/v1/jobs/by-key/only-a"))
     assert (await w.a.get("/api/v1/jobs/by-key/only-a")).status_code == 200
@@ -206,10 +206,10 @@ async def _submit(w: World) -> None:
     # A replay of B's request with that Idempotency-Key is B's job; A's body under the same
     # Idempotency-Key is a conflict with B's own request, never A's job.
     again = await w.b.post("/api/v1/jobs", headers={"Idempotency-Key": "idem-a"}, json={
-        "type": "system.sleep", "key": "shared", "payload": {"seconds": 0}})
+        "type": "system.sleep", "key": "common", "payload": {"seconds": 0}})
     assert again.status_code == 200 and again.json()["id"] == b_shared["id"], again.text
     conflict = await w.b.post("/api/v1/jobs", headers={"Idempotency-Key": "idem-a"},
-                              json={"type": "system.noop", "key": "shared"})
+                              json={"type": "system.noop", "key": "common"})
     assert conflict.status_code == 409 and w.jobs["done"]["id"] not in conflict.text
     batch = await w.b.post("/api/v1/jobs/batch", json={"jobs": [
         {"type": "system.noop", "key": "only-a"}]})
@@ -420,7 +420,7 @@ async def test_a_submitter_never_reaches_another_keys_jobs(world: World):
         w.jobs[name] = {**response.json(), "owner": owner}
         return w.jobs[name]
 
-    await submit(w.a, "done", "a", {"type": "system.noop", "key": "shared"},
+    await submit(w.a, "done", "a", {"type": "system.noop", "key": "common"},
                  **{"Idempotency-Key": "idem-a"})
     await submit(w.a, "only_a", "a", {"type": "system.noop", "key": "only-a"})
     await submit(w.a, "failed", "a", {"type": "system.sleep", "max_attempts": 1,
@@ -436,7 +436,7 @@ async def test_a_submitter_never_reaches_another_keys_jobs(world: World):
     assert v2.status_code == 200, v2.text
     w.jobs["v2"] = {"id": v2.json()["jobId"], "owner": "a"}
     # B with the same job key and Idempotency-Key as A's first job.
-    await submit(w.b, "b_shared", "b", {"type": "system.sleep", "key": "shared",
+    await submit(w.b, "b_shared", "b", {"type": "system.sleep", "key": "common",
                                         "payload": {"seconds": 0}},
                  **{"Idempotency-Key": "idem-a"})
     for name in ("done", "only_a", "failed", "conversion", "v2", "b_shared"):
