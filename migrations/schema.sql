@@ -1,4 +1,4 @@
--- The schema of a jobq database at revision 0016, written from a migrated database by
+-- The schema of a jobq database at revision 0017, written from a migrated database by
 -- `python -m service.db.schema write`: do not edit by hand. tests/migrations checks that it
 -- is current. Alembic's revisions (migrations/versions) build the database; this file is for
 -- reading, and for copying a function's current text into a new revision.
@@ -301,13 +301,6 @@ CREATE TABLE queue_counts (
     CONSTRAINT pk_queue_counts PRIMARY KEY (queue_name, status, shard)
 );
 
-CREATE TABLE queue_starts (
-    queue_name character varying(128) NOT NULL,
-    started_at timestamp with time zone NOT NULL,
-    starts integer NOT NULL,
-    CONSTRAINT pk_queue_starts PRIMARY KEY (queue_name, started_at)
-);
-
 CREATE TABLE queues (
     name character varying(128) NOT NULL,
     paused boolean DEFAULT false NOT NULL,
@@ -324,6 +317,9 @@ CREATE TABLE queues (
     failed_max_count integer,
     cancelled_max_age_seconds double precision DEFAULT 86400,
     cancelled_max_count integer,
+    rate_slots integer[],
+    rate_slot bigint,
+    rate_slot_seconds double precision,
     CONSTRAINT pk_queues PRIMARY KEY (name),
     CONSTRAINT ck_queues_concurrency_limit_positive CHECK (concurrency_limit >= 1),
     CONSTRAINT ck_queues_max_attempts_range CHECK (max_attempts >= 1 AND max_attempts <= 100),
@@ -691,6 +687,7 @@ CREATE OR REPLACE FUNCTION public.jobq_claim_jobs(p_queues character varying[], 
  SET enable_hashjoin TO 'off'
  SET enable_mergejoin TO 'off'
  SET "jobq.keeps_history" TO 'on'
+ SET plan_cache_mode TO 'force_generic_plan'
 AS $function$
 #variable_conflict use_column
 DECLARE
@@ -792,6 +789,7 @@ $function$;
 CREATE OR REPLACE FUNCTION public.jobq_claim_limited(p_queues character varying[], p_limited character varying[], p_limit integer, OUT ids bigint[], OUT claimed_at timestamp with time zone)
  RETURNS record
  LANGUAGE plpgsql
+ SET plan_cache_mode TO 'force_generic_plan'
  SET enable_sort TO 'off'
  SET jit TO 'off'
  SET enable_seqscan TO 'off'
@@ -802,7 +800,6 @@ DECLARE
     q record;
     v_allow integer[] := '{}';
     v_given integer[] := '{}';
-    v_periods float8[] := '{}';
     v_exhausted varchar[] := '{}';
     v_held_back boolean;
     v_free integer;
@@ -820,14 +817,12 @@ BEGIN
                 WHERE pj.queue_name = q.name AND pj.status = 'doing'));
         END IF;
         IF q.rate_limit IS NOT NULL THEN
-            v_allow[i] := least(v_allow[i], q.rate_limit - coalesce((
-                SELECT sum(s.starts) FROM queue_starts AS s
-                WHERE s.queue_name = q.name
-                  AND s.started_at > claimed_at - make_interval(secs => q.rate_period_seconds)
-                ), 0));
+            v_allow[i] := least(v_allow[i], q.rate_limit - (
+                SELECT w.used FROM jobq_rate_window(q.rate_slots, q.rate_slot,
+                                                    q.rate_slot_seconds, q.rate_period_seconds,
+                                                    claimed_at, 0) AS w));
         END IF;
         v_given[i] := v_allow[i];
-        v_periods[i] := q.rate_period_seconds;
         IF v_allow[i] <= 0 THEN
             v_exhausted := v_exhausted || q.name;
         END IF;
@@ -877,16 +872,16 @@ BEGIN
         EXIT WHEN NOT v_held_back OR cardinality(ids) >= p_limit;
     END LOOP;
 
-    -- The starts of rate-limited queues, and the end of the ones no period counts any more.
+    -- This claim's starts, in the window of each rate-limited queue it took jobs from.
     FOR i IN 1 .. cardinality(p_limited) LOOP
-        CONTINUE WHEN v_periods[i] IS NULL;
-        IF v_given[i] - v_allow[i] > 0 THEN
-            INSERT INTO queue_starts (queue_name, started_at, starts)
-            VALUES (p_limited[i], claimed_at, v_given[i] - v_allow[i]);
-        END IF;
-        DELETE FROM queue_starts AS s
-        WHERE s.queue_name = p_limited[i]
-          AND s.started_at <= claimed_at - make_interval(secs => v_periods[i]);
+        CONTINUE WHEN v_given[i] - v_allow[i] <= 0;
+        UPDATE queues AS u
+        SET (rate_slots, rate_slot, rate_slot_seconds) = (
+            SELECT w.slots, w.slot, w.slot_seconds
+            FROM jobq_rate_window(u.rate_slots, u.rate_slot, u.rate_slot_seconds,
+                                  u.rate_period_seconds, claimed_at, v_given[i] - v_allow[i])
+                 AS w)
+        WHERE u.name = p_limited[i] AND u.rate_limit IS NOT NULL;
     END LOOP;
 END;
 $function$;
@@ -1440,6 +1435,48 @@ AS $function$
         DELETE FROM procrastinate_jobs WHERE id IN (SELECT id FROM doomed) RETURNING id
     )
     SELECT count(*)::integer FROM gone
+$function$;
+
+CREATE OR REPLACE FUNCTION public.jobq_rate_window(p_slots integer[], p_slot bigint, p_slot_seconds double precision, p_period_seconds double precision, p_at timestamp with time zone, p_add integer, OUT slots integer[], OUT slot bigint, OUT slot_seconds double precision, OUT used integer)
+ RETURNS record
+ LANGUAGE plpgsql
+ IMMUTABLE
+AS $function$
+-- A queue's rate window at p_at, and p_add starts made then. The starts are counted in 21
+-- slots of a twentieth of the period each (queues.rate_slots, a ring: slot number s is at
+-- index s % 21 + 1; rate_slot is the newest slot's number). used: the starts of the slots
+-- from p_at's slot back 20 slots, which hold every start of (p_at - period, p_at] and, at most,
+-- those of one twentieth of a period more. Counted so, a queue never starts more than its
+-- limit in any window of its period, and under a limit that binds it starts at least 20/21
+-- of it.
+DECLARE
+    v_now bigint;
+    k integer;
+BEGIN
+    slot_seconds := p_period_seconds / 20;
+    v_now := floor(extract(epoch FROM p_at) / slot_seconds)::bigint;
+    slots := array_fill(0, ARRAY[21]);
+    IF p_slots IS NULL OR p_slot IS NULL THEN
+        slot := v_now;
+    ELSIF p_slot_seconds IS DISTINCT FROM slot_seconds THEN
+        -- The period changed: the starts of the old window that may still be in a period count
+        -- as made now (never fewer starts counted than were made).
+        slot := v_now;
+        IF extract(epoch FROM p_at) < (p_slot + 21) * p_slot_seconds THEN
+            slots[(v_now % 21 + 1)::integer] := (SELECT coalesce(sum(x), 0) FROM unnest(p_slots) AS x);
+        END IF;
+    ELSE
+        slot := greatest(p_slot, v_now);
+        IF slot - p_slot < 21 THEN
+            slots := p_slots;
+            FOR k IN 1 .. (slot - p_slot)::integer LOOP
+                slots[((p_slot + k) % 21 + 1)::integer] := 0;
+            END LOOP;
+        END IF;
+    END IF;
+    used := (SELECT coalesce(sum(x), 0) FROM unnest(slots) AS x);
+    slots[(slot % 21 + 1)::integer] := slots[(slot % 21 + 1)::integer] + p_add;
+END;
 $function$;
 
 CREATE OR REPLACE FUNCTION public.jobq_record_webhook_delivery(p_attempt_id bigint, p_job_id uuid, p_url text, p_status_code integer, p_duration_ms double precision, p_outcome text, p_error text)

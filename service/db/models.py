@@ -257,6 +257,12 @@ class Queue(Base):
     rate_limit: Mapped[int | None] = mapped_column(Integer)
     """At most this many job starts per rate_period_seconds, across all workers."""
     rate_period_seconds: Mapped[float | None] = mapped_column(Double)
+    rate_slots: Mapped[list[int] | None] = mapped_column(ARRAY(Integer))
+    """The rate window: starts counted in 21 slots of rate_period_seconds / 20, a ring
+    (jobq_rate_window); kept by the claim, not a setting."""
+    rate_slot: Mapped[int | None] = mapped_column(BigInteger)
+    """The number of rate_slots' newest slot (epoch seconds / rate_slot_seconds)."""
+    rate_slot_seconds: Mapped[float | None] = mapped_column(Double)
     concurrency_limit: Mapped[int | None] = mapped_column(Integer)
     """At most this many jobs of the queue running at once, across all workers."""
     max_attempts: Mapped[int | None] = mapped_column(Integer)
@@ -294,17 +300,6 @@ class Queue(Base):
             "AND cancelled_max_age_seconds >= 0 AND cancelled_max_count >= 0",
             name="retention_not_negative"),
     )
-
-
-class QueueStart(Base):
-    """Starts of a rate-limited queue, one row per claim, kept for one rate period: what the
-    claim counts against the queue's rate limit (jobq_claim_limited)."""
-
-    __tablename__ = "queue_starts"
-
-    queue_name: Mapped[str] = mapped_column(String(128), primary_key=True)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
-    starts: Mapped[int] = mapped_column(Integer)
 
 
 class Schedule(Base):

@@ -5,7 +5,8 @@ obeyed without a restart."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import random
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -139,8 +140,48 @@ async def test_the_rate_limit_counts_the_starts_of_the_last_period(client, backe
         assert await leases.claim(conn, worker, "w", ["mail"], 3) == []
         await asyncio.sleep(0.6)
         assert len(await leases.claim(conn, worker, "w", ["mail"], 10)) == 4
-        kept = await conn.fetchval("SELECT count(*) FROM queue_starts")
-    assert kept == 1, "starts older than the period are forgotten"
+        counted = await conn.fetchval(
+            "SELECT (SELECT sum(x) FROM unnest(rate_slots) AS x) FROM queues WHERE name = 'mail'")
+    assert counted == 4, "starts older than the period are forgotten"
+
+
+_WINDOW = "SELECT * FROM jobq_rate_window($1, $2, $3, $4, $5, $6)"
+
+
+async def test_the_rate_window_never_counts_fewer_starts_than_a_period_holds(backend):
+    """jobq_rate_window, driven as claims drive it at uneven times, each wanting more than the
+    limit leaves: no window of the period gets more than the limit, and the limit, binding
+    all along, still admits most of its rate (20/21 of it, less the claims' spacing)."""
+    limit, period = 5, 0.5
+    rng = random.Random(14)
+    at = datetime(2026, 11, 30, tzinfo=timezone.utc)
+    ring = (None, None, None)
+    starts: list[tuple[datetime, int]] = []
+    async with backend.connection() as conn:
+        for _ in range(1000):
+            at += timedelta(seconds=rng.choice([0.001, 0.005, 0.01, 0.02]))
+            used = (await conn.fetchrow(_WINDOW, *ring, period, at, 0))["used"]
+            take = min(3, limit - used)
+            if take > 0:
+                row = await conn.fetchrow(_WINDOW, *ring, period, at, take)
+                ring = (row["slots"], row["slot"], row["slot_seconds"])
+                starts.append((at, take))
+    most = max(sum(n for s, n in starts if t - timedelta(seconds=period) < s <= t)
+               for t, _ in starts)
+    assert most == limit
+    elapsed = (starts[-1][0] - starts[0][0]).total_seconds()
+    assert sum(n for _, n in starts) >= 0.85 * limit * elapsed / period
+
+
+async def test_a_changed_period_counts_the_old_windows_starts_as_made_now(backend):
+    at = datetime(2026, 11, 30, tzinfo=timezone.utc)
+    async with backend.connection() as conn:
+        first = await conn.fetchrow(_WINDOW, None, None, None, 1.0, at, 4)
+        ring = (first["slots"], first["slot"], first["slot_seconds"])
+        changed = await conn.fetchrow(_WINDOW, *ring, 10.0, at + timedelta(seconds=0.5), 0)
+        assert changed["used"] == 4, "the starts of the last second still count"
+        later = await conn.fetchrow(_WINDOW, *ring, 10.0, at + timedelta(seconds=2), 0)
+        assert later["used"] == 0, "the old window had ended before the change"
 
 
 async def test_a_paused_limited_queue_gives_nothing(client, backend):
