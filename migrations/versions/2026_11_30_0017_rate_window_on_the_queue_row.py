@@ -45,46 +45,57 @@ ALTER TABLE queues
     ADD COLUMN rate_slot_seconds double precision
 """
 
+RATE_WINDOW_TYPE = """
+CREATE TYPE jobq_rate_window AS (
+    slots integer[],
+    slot bigint,
+    slot_seconds double precision,
+    used integer
+)
+"""
+
 RATE_WINDOW = r"""
-CREATE OR REPLACE FUNCTION public.jobq_rate_window(p_slots integer[], p_slot bigint, p_slot_seconds double precision, p_period_seconds double precision, p_at timestamp with time zone, p_add integer, OUT slots integer[], OUT slot bigint, OUT slot_seconds double precision, OUT used integer)
- RETURNS record
+CREATE OR REPLACE FUNCTION public.jobq_rate_window(p_slots integer[], p_slot bigint, p_slot_seconds double precision, p_period_seconds double precision, p_at timestamp with time zone)
+ RETURNS jobq_rate_window
  LANGUAGE plpgsql
  IMMUTABLE
 AS $function$
--- A queue's rate window at p_at, and p_add starts made then. The starts are counted in 21
--- slots of a twentieth of the period each (queues.rate_slots, a ring: slot number s is at
--- index s % 21 + 1; rate_slot is the newest slot's number). used: the starts of the slots
--- from p_at's slot back 20 slots, which hold every start of (p_at - period, p_at] and, at most,
--- those of one twentieth of a period more. Counted so, a queue never starts more than its
--- limit in any window of its period, and under a limit that binds it starts at least 20/21
--- of it.
+-- A queue's rate window at p_at. The starts are counted in 21 slots of a twentieth of the
+-- period each (queues.rate_slots, a ring: slot number s is at index s % 21 + 1; rate_slot is
+-- the newest slot's number). slots, slot: the ring moved on to p_at's slot (the slots that
+-- left the window emptied); the claim adds its starts at slot. used: the starts of p_at's slot
+-- and the 20 before it, which hold every start of (p_at - period, p_at] and, at most, those of
+-- one twentieth of a period more. Counted so, a queue never starts more than its limit in any
+-- window of its period, and under a limit that binds it starts at least 20/21 of it.
 DECLARE
+    w jobq_rate_window;
     v_now bigint;
     k integer;
 BEGIN
-    slot_seconds := p_period_seconds / 20;
-    v_now := floor(extract(epoch FROM p_at) / slot_seconds)::bigint;
-    slots := array_fill(0, ARRAY[21]);
+    w.slot_seconds := p_period_seconds / 20;
+    v_now := floor(extract(epoch FROM p_at) / w.slot_seconds)::bigint;
+    w.slots := array_fill(0, ARRAY[21]);
     IF p_slots IS NULL OR p_slot IS NULL THEN
-        slot := v_now;
-    ELSIF p_slot_seconds IS DISTINCT FROM slot_seconds THEN
+        w.slot := v_now;
+    ELSIF p_slot_seconds IS DISTINCT FROM w.slot_seconds THEN
         -- The period changed: the starts of the old window that may still be in a period count
         -- as made now (never fewer starts counted than were made).
-        slot := v_now;
+        w.slot := v_now;
         IF extract(epoch FROM p_at) < (p_slot + 21) * p_slot_seconds THEN
-            slots[(v_now % 21 + 1)::integer] := (SELECT coalesce(sum(x), 0) FROM unnest(p_slots) AS x);
+            w.slots[(v_now % 21 + 1)::integer] :=
+                (SELECT coalesce(sum(x), 0) FROM unnest(p_slots) AS x);
         END IF;
     ELSE
-        slot := greatest(p_slot, v_now);
-        IF slot - p_slot < 21 THEN
-            slots := p_slots;
-            FOR k IN 1 .. (slot - p_slot)::integer LOOP
-                slots[((p_slot + k) % 21 + 1)::integer] := 0;
+        w.slot := greatest(p_slot, v_now);
+        IF w.slot - p_slot < 21 THEN
+            w.slots := p_slots;
+            FOR k IN 1 .. (w.slot - p_slot)::integer LOOP
+                w.slots[((p_slot + k) % 21 + 1)::integer] := 0;
             END LOOP;
         END IF;
     END IF;
-    used := (SELECT coalesce(sum(x), 0) FROM unnest(slots) AS x);
-    slots[(slot % 21 + 1)::integer] := slots[(slot % 21 + 1)::integer] + p_add;
+    w.used := (SELECT coalesce(sum(x), 0) FROM unnest(w.slots) AS x);
+    RETURN w;
 END;
 $function$;
 """
@@ -100,10 +111,17 @@ CREATE OR REPLACE FUNCTION public.jobq_claim_limited(p_queues character varying[
  SET enable_hashjoin TO 'off'
  SET enable_mergejoin TO 'off'
 AS $function$
+-- The claim of jobq_claim_jobs when some queue it may take from (p_limited) has a rate or a
+-- concurrency limit: each limited queue's row locked (in name order, so claims take turns),
+-- its allowance computed, then at most that many of its jobs taken. claimed_at: the start
+-- time of the claimed jobs, read once every lock is held.
 DECLARE
     q record;
     v_allow integer[] := '{}';
     v_given integer[] := '{}';
+    v_windows jobq_rate_window[] := '{}';
+    v_window jobq_rate_window;
+    v_queues varchar[];
     v_exhausted varchar[] := '{}';
     v_held_back boolean;
     v_free integer;
@@ -121,10 +139,10 @@ BEGIN
                 WHERE pj.queue_name = q.name AND pj.status = 'doing'));
         END IF;
         IF q.rate_limit IS NOT NULL THEN
-            v_allow[i] := least(v_allow[i], q.rate_limit - (
-                SELECT w.used FROM jobq_rate_window(q.rate_slots, q.rate_slot,
-                                                    q.rate_slot_seconds, q.rate_period_seconds,
-                                                    claimed_at, 0) AS w));
+            v_window := jobq_rate_window(q.rate_slots, q.rate_slot, q.rate_slot_seconds,
+                                         q.rate_period_seconds, claimed_at);
+            v_windows[i] := v_window;
+            v_allow[i] := least(v_allow[i], q.rate_limit - v_window.used);
         END IF;
         v_given[i] := v_allow[i];
         IF v_allow[i] <= 0 THEN
@@ -132,16 +150,14 @@ BEGIN
         END IF;
     END LOOP;
 
-    ids := '{}';
-    LOOP
-        v_held_back := false;
-        v_free := p_limit - cardinality(ids);
-        FOR r IN
+    IF (SELECT min(a) FROM unnest(v_allow) AS a) >= p_limit THEN
+        -- No limit can bind in this claim: the jobs are taken as jobq_claim_jobs takes them.
+        SELECT coalesce(array_agg(c.id), '{}'), array_agg(c.queue_name) INTO ids, v_queues
+        FROM (
             SELECT pj.id, pj.queue_name
             FROM procrastinate_jobs AS pj
             WHERE pj.status = 'todo'
               AND (p_queues IS NULL OR pj.queue_name = ANY (p_queues))
-              AND NOT (pj.queue_name = ANY (v_exhausted))
               AND (pj.scheduled_at IS NULL OR pj.scheduled_at <= now())
               AND (SELECT true FROM jobs AS j WHERE j.queue_job_id = pj.id)
               AND NOT coalesce((SELECT q2.paused FROM queues AS q2 WHERE q2.name = pj.queue_name),
@@ -155,37 +171,68 @@ BEGIN
                                   OR (other.priority = pj.priority AND other.id < pj.id))))
               ))
             ORDER BY pj.priority DESC, pj.id ASC
-            LIMIT v_free
+            LIMIT p_limit
             FOR UPDATE OF pj SKIP LOCKED
-        LOOP
-            i := array_position(p_limited, r.queue_name);
-            IF i IS NULL THEN
-                ids := ids || r.id;
-            ELSIF v_allow[i] > 0 THEN
-                ids := ids || r.id;
-                v_allow[i] := v_allow[i] - 1;
-                IF v_allow[i] = 0 THEN
-                    v_exhausted := v_exhausted || r.queue_name;
-                END IF;
-            ELSE
-                v_held_back := true;
-            END IF;
+        ) AS c;
+        FOR i IN 1 .. cardinality(p_limited) LOOP
+            v_allow[i] := v_allow[i] - cardinality(array_positions(v_queues, p_limited[i]));
         END LOOP;
-        -- Each new pass leaves out one more exhausted queue, so there are at most as many
-        -- passes as limited queues, plus one.
-        EXIT WHEN NOT v_held_back OR cardinality(ids) >= p_limit;
-    END LOOP;
+    ELSE
+        ids := '{}';
+        LOOP
+            v_held_back := false;
+            v_free := p_limit - cardinality(ids);
+            FOR r IN
+                SELECT pj.id, pj.queue_name
+                FROM procrastinate_jobs AS pj
+                WHERE pj.status = 'todo'
+                  AND (p_queues IS NULL OR pj.queue_name = ANY (p_queues))
+                  AND NOT (pj.queue_name = ANY (v_exhausted))
+                  AND (pj.scheduled_at IS NULL OR pj.scheduled_at <= now())
+                  AND (SELECT true FROM jobs AS j WHERE j.queue_job_id = pj.id)
+                  AND NOT coalesce((SELECT q2.paused FROM queues AS q2
+                                    WHERE q2.name = pj.queue_name), false)
+                  AND (pj.lock IS NULL OR NOT EXISTS (
+                      SELECT 1 FROM procrastinate_jobs AS other
+                      WHERE other.lock = pj.lock
+                        AND (other.status = 'doing'
+                             OR (other.status = 'todo'
+                                 AND (other.priority > pj.priority
+                                      OR (other.priority = pj.priority AND other.id < pj.id))))
+                  ))
+                ORDER BY pj.priority DESC, pj.id ASC
+                LIMIT v_free
+                FOR UPDATE OF pj SKIP LOCKED
+            LOOP
+                i := array_position(p_limited, r.queue_name);
+                IF i IS NULL THEN
+                    ids := ids || r.id;
+                ELSIF v_allow[i] > 0 THEN
+                    ids := ids || r.id;
+                    v_allow[i] := v_allow[i] - 1;
+                    IF v_allow[i] = 0 THEN
+                        v_exhausted := v_exhausted || r.queue_name;
+                    END IF;
+                ELSE
+                    v_held_back := true;
+                END IF;
+            END LOOP;
+            -- Each new pass leaves out one more exhausted queue, so there are at most as many
+            -- passes as limited queues, plus one.
+            EXIT WHEN NOT v_held_back OR cardinality(ids) >= p_limit;
+        END LOOP;
+    END IF;
 
     -- This claim's starts, in the window of each rate-limited queue it took jobs from.
     FOR i IN 1 .. cardinality(p_limited) LOOP
-        CONTINUE WHEN v_given[i] - v_allow[i] <= 0;
-        UPDATE queues AS u
-        SET (rate_slots, rate_slot, rate_slot_seconds) = (
-            SELECT w.slots, w.slot, w.slot_seconds
-            FROM jobq_rate_window(u.rate_slots, u.rate_slot, u.rate_slot_seconds,
-                                  u.rate_period_seconds, claimed_at, v_given[i] - v_allow[i])
-                 AS w)
-        WHERE u.name = p_limited[i] AND u.rate_limit IS NOT NULL;
+        CONTINUE WHEN v_given[i] - v_allow[i] <= 0 OR v_windows[i] IS NULL;
+        v_window := v_windows[i];
+        v_window.slots[(v_window.slot % 21 + 1)::integer] :=
+            v_window.slots[(v_window.slot % 21 + 1)::integer] + v_given[i] - v_allow[i];
+        UPDATE queues
+        SET rate_slots = v_window.slots, rate_slot = v_window.slot,
+            rate_slot_seconds = v_window.slot_seconds
+        WHERE name = p_limited[i];
     END LOOP;
 END;
 $function$;
@@ -312,6 +359,7 @@ $function$;
 
 def upgrade() -> None:
     op.execute(COLUMNS)
+    op.execute(RATE_WINDOW_TYPE)
     op.execute(RATE_WINDOW)
     op.execute(CLAIM_LIMITED)
     op.execute(GENERIC_CLAIM)
@@ -324,6 +372,7 @@ def downgrade() -> None:
     op.execute("ALTER FUNCTION jobq_claim_jobs(character varying[], bigint, text, integer) "
                "RESET plan_cache_mode")
     op.execute("DROP FUNCTION jobq_rate_window(integer[], bigint, double precision, "
-               "double precision, timestamp with time zone, integer)")
+               "double precision, timestamp with time zone)")
+    op.execute("DROP TYPE jobq_rate_window")
     op.execute("ALTER TABLE queues DROP COLUMN rate_slots, DROP COLUMN rate_slot, "
                "DROP COLUMN rate_slot_seconds")

@@ -145,7 +145,16 @@ async def test_the_rate_limit_counts_the_starts_of_the_last_period(client, backe
     assert counted == 4, "starts older than the period are forgotten"
 
 
-_WINDOW = "SELECT * FROM jobq_rate_window($1, $2, $3, $4, $5, $6)"
+_WINDOW = "SELECT * FROM jobq_rate_window($1, $2, $3, $4, $5)"
+
+
+async def _count_starts(conn, ring: tuple, period: float, at: datetime, starts: int) -> tuple:
+    """The ring after `starts` starts at `at`, added at the window's newest slot as
+    jobq_claim_limited adds them."""
+    window = await conn.fetchrow(_WINDOW, *ring, period, at)
+    slots = list(window["slots"])
+    slots[window["slot"] % 21] += starts
+    return slots, window["slot"], window["slot_seconds"]
 
 
 async def test_the_rate_window_never_counts_fewer_starts_than_a_period_holds(backend):
@@ -155,16 +164,15 @@ async def test_the_rate_window_never_counts_fewer_starts_than_a_period_holds(bac
     limit, period = 5, 0.5
     rng = random.Random(14)
     at = datetime(2026, 11, 30, tzinfo=timezone.utc)
-    ring = (None, None, None)
+    ring: tuple = (None, None, None)
     starts: list[tuple[datetime, int]] = []
     async with backend.connection() as conn:
         for _ in range(1000):
             at += timedelta(seconds=rng.choice([0.001, 0.005, 0.01, 0.02]))
-            used = (await conn.fetchrow(_WINDOW, *ring, period, at, 0))["used"]
+            used = (await conn.fetchrow(_WINDOW, *ring, period, at))["used"]
             take = min(3, limit - used)
             if take > 0:
-                row = await conn.fetchrow(_WINDOW, *ring, period, at, take)
-                ring = (row["slots"], row["slot"], row["slot_seconds"])
+                ring = await _count_starts(conn, ring, period, at, take)
                 starts.append((at, take))
     most = max(sum(n for s, n in starts if t - timedelta(seconds=period) < s <= t)
                for t, _ in starts)
@@ -176,11 +184,10 @@ async def test_the_rate_window_never_counts_fewer_starts_than_a_period_holds(bac
 async def test_a_changed_period_counts_the_old_windows_starts_as_made_now(backend):
     at = datetime(2026, 11, 30, tzinfo=timezone.utc)
     async with backend.connection() as conn:
-        first = await conn.fetchrow(_WINDOW, None, None, None, 1.0, at, 4)
-        ring = (first["slots"], first["slot"], first["slot_seconds"])
-        changed = await conn.fetchrow(_WINDOW, *ring, 10.0, at + timedelta(seconds=0.5), 0)
+        ring = await _count_starts(conn, (None, None, None), 1.0, at, 4)
+        changed = await conn.fetchrow(_WINDOW, *ring, 10.0, at + timedelta(seconds=0.5))
         assert changed["used"] == 4, "the starts of the last second still count"
-        later = await conn.fetchrow(_WINDOW, *ring, 10.0, at + timedelta(seconds=2), 0)
+        later = await conn.fetchrow(_WINDOW, *ring, 10.0, at + timedelta(seconds=2))
         assert later["used"] == 0, "the old window had ended before the change"
 
 
