@@ -1,4 +1,4 @@
--- The schema of a jobq database at revision 0017, written from a migrated database by
+-- The schema of a jobq database at revision 0018, written from a migrated database by
 -- `python -m service.db.schema write`: do not edit by hand. tests/migrations checks that it
 -- is current. Alembic's revisions (migrations/versions) build the database; this file is for
 -- reading, and for copying a function's current text into a new revision.
@@ -241,8 +241,8 @@ CREATE TABLE jobs (
 CREATE INDEX ix_jobs_api_key_id_created_at ON public.jobs USING btree (api_key_id, created_at);
 CREATE INDEX ix_jobs_created_at_id ON public.jobs USING btree (created_at, id);
 CREATE INDEX ix_jobs_retention_created_at ON public.jobs USING btree (created_at, id) WHERE (retention IS NOT NULL);
-CREATE UNIQUE INDEX uq_jobs_idempotency_key ON public.jobs USING btree (COALESCE(api_key_id, '00000000-0000-0000-0000-000000000000'::uuid), idempotency_key);
-CREATE UNIQUE INDEX uq_jobs_key ON public.jobs USING btree (COALESCE(api_key_id, '00000000-0000-0000-0000-000000000000'::uuid), key);
+CREATE UNIQUE INDEX uq_jobs_idempotency_key ON public.jobs USING btree (COALESCE(api_key_id, '00000000-0000-0000-0000-000000000000'::uuid), idempotency_key) WHERE (idempotency_key IS NOT NULL);
+CREATE UNIQUE INDEX uq_jobs_key ON public.jobs USING btree (COALESCE(api_key_id, '00000000-0000-0000-0000-000000000000'::uuid), key) WHERE (key IS NOT NULL);
 
 CREATE TABLE procrastinate_events (
     id bigint DEFAULT nextval('procrastinate_events_id_seq'::regclass) NOT NULL,

@@ -190,9 +190,12 @@ class Job(Base):
         Index("ix_jobs_retention_created_at", "created_at", "id",
               postgresql_where=text("retention IS NOT NULL")),
         Index(None, "api_key_id", "created_at"),  # a key's own jobs
-        Index("uq_jobs_key", text(f"coalesce(api_key_id, {NO_KEY})"), "key", unique=True),
+        # Only the jobs that have a key are in these (revision 0018).
+        Index("uq_jobs_key", text(f"coalesce(api_key_id, {NO_KEY})"), "key", unique=True,
+              postgresql_where=text("key IS NOT NULL")),
         Index("uq_jobs_idempotency_key", text(f"coalesce(api_key_id, {NO_KEY})"),
-              "idempotency_key", unique=True),
+              "idempotency_key", unique=True,
+              postgresql_where=text("idempotency_key IS NOT NULL")),
     )
 
 

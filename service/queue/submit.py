@@ -58,7 +58,7 @@ async def existing_keys(conn: asyncpg.Connection, keys: list[str],
     """The jobs of API key `owner` (None: submitted without one) that hold any of `keys`, by
     key: keys are unique per API key."""
     rows = await conn.fetch(
-        "SELECT key, id FROM jobs WHERE key = ANY ($1::text[]) AND "
+        "SELECT key, id FROM jobs WHERE key = ANY ($1::text[]) AND key IS NOT NULL AND "
         "coalesce(api_key_id, '00000000-0000-0000-0000-000000000000'::uuid) = "
         "coalesce($2::uuid, '00000000-0000-0000-0000-000000000000'::uuid)", keys, owner)
     return {r["key"]: r["id"] for r in rows}
