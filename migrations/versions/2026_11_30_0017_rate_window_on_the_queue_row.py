@@ -23,7 +23,9 @@ plans', and the custom plan of the job selection, which can drop `p_queues IS NU
 planning time, always looked cheaper: pg_stat_statements showed it planned at every call in
 the limited claim (0.37 ms of planning against 0.14 ms of execution) and, on some statistics,
 in the unlimited one too. The statements are written to run row by row along the priority index
-whatever the parameters, so the generic plan is the plan they were written for.
+whatever the parameters, so the generic plan is the plan they were written for. A limited
+claim in which no limit can bind (every allowance at least the claim's size) takes its jobs
+in one statement, as the plain claim does, instead of row by row.
 
 queue_starts is dropped: its rows lived one period, so nothing of lasting worth goes with it.
 Function texts are copied from migrations/schema.sql; the downgrade restores revision 0016's.
