@@ -1,4 +1,4 @@
--- The schema of a jobq database at revision 0018, written from a migrated database by
+-- The schema of a jobq database at revision 0019, written from a migrated database by
 -- `python -m service.db.schema write`: do not edit by hand. tests/migrations checks that it
 -- is current. Alembic's revisions (migrations/versions) build the database; this file is for
 -- reading, and for copying a function's current text into a new revision.
@@ -1159,8 +1159,9 @@ BEGIN
             scheduled_at = CASE t.outcome WHEN 'retry' THEN t.retry_at
                                           WHEN 'interrupted' THEN NULL
                                           ELSE pj.scheduled_at END,
-            worker_id = CASE WHEN t.outcome IN ('retry', 'interrupted') THEN NULL
-                             ELSE pj.worker_id END
+            -- the attempt keeps who ran it; the queue row names only a running job's worker,
+            -- so a worker's unregistration (ON DELETE SET NULL) rewrites no finished row
+            worker_id = NULL
         FROM target AS t WHERE pj.id = t.queue_job_id
     ), recorded AS (
         UPDATE jobs AS j

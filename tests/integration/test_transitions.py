@@ -93,6 +93,26 @@ async def test_finish_accepts_exactly_the_outcomes_python_decides(backend):
     assert recorded == {claimed.attempt_id: "succeeded"}
 
 
+@pytest.mark.parametrize("ending", [outcome.Succeeded(), outcome.Interrupted()])
+async def test_a_finished_attempt_leaves_no_worker_on_the_queue_row(backend, ending):
+    # Revision 0019: the attempt keeps who ran it; the queue row names only a running job's
+    # worker, so a worker's unregistration rewrites none of the rows it finished.
+    claimed = await _claimed(backend)
+    async with backend.connection() as conn:
+        row = ("SELECT pj.worker_id, pj.xmin::text AS version FROM procrastinate_jobs AS pj "
+               "JOIN jobs AS j ON j.queue_job_id = pj.id WHERE j.id = $1")
+        running = await conn.fetchrow(row, claimed.job_id)
+        assert running["worker_id"] is not None
+        await attempts.finish(conn, [attempts.Ending.of(claimed.attempt_id, ending)])
+        finished = await conn.fetchrow(row, claimed.job_id)
+        assert finished["worker_id"] is None
+        ran_by = await conn.fetchval(
+            "SELECT worker_id FROM job_attempts WHERE id = $1", claimed.attempt_id)
+        assert ran_by == running["worker_id"]
+        await leases.unregister(conn, running["worker_id"])
+        assert await conn.fetchrow(row, claimed.job_id) == finished
+
+
 async def test_an_interrupted_job_a_client_cancelled_is_recorded_cancelled(backend):
     claimed = await _claimed(backend)
     verdict, _ = await _verdict(backend, "jobq_cancel_job", claimed.job_id)
