@@ -16,6 +16,13 @@ release to the moment the queue is empty. Rows are pg_stat_user_tables' inserts,
 deletes over the same span (plus the workers' idle heartbeats for the 11 s their sessions take
 to send their statistics).
 
+`--without PART` (repeatable) measures what a part of the hot path costs by leaving it out of
+this run's database after migrating it: `events` (the claim's and the finish's job_events rows,
+and with them their trigger), `aggregates` (the daily histograms, workers' and failures' rows
+written by the claim and the finish), `counts` (the statement trigger that keeps queue_counts
+and job_stats_daily on every update of the queue rows). The database is the run's own and is
+dropped at the end; what it records without these parts is not jobq's behaviour, only its cost.
+
 `--plans N` measures something else: issue 17's plan that went bad. `VACUUM ANALYZE` of the
 empty tables, then one session submits, claims and finishes N batches of 100, each timed.
 """
@@ -128,6 +135,9 @@ async def main() -> None:
                              "then VACUUM ANALYZE them")
     parser.add_argument("--analyze", action="store_true",
                         help="VACUUM ANALYZE once the jobs are queued")
+    parser.add_argument("--without", action="append", choices=sorted(WITHOUT), default=[],
+                        help="leave this part of the hot path out of the run's database "
+                             "(repeatable; see above)")
     parser.add_argument("--plans", type=int, metavar="BATCHES",
                         help="instead: VACUUM ANALYZE the empty tables, then on one session "
                              "submit, claim and finish BATCHES batches of 100, timing each")
@@ -137,9 +147,51 @@ async def main() -> None:
     url = await admin.ensure_database(args.server_url, name)
     try:
         await asyncio.to_thread(migrate.upgrade, url)
+        if args.without:
+            await leave_out(url, args.without)
         await (plans(args, url) if args.plans else run(args, url))
     finally:
         await admin.drop_database(args.server_url, name)
+
+
+WITHOUT: dict[str, dict[str, list[str]]] = {
+    # part: {function: the common table expressions taken out of it}
+    "events": {"jobq_claim_jobs": ["logged"], "jobq_finish_attempts": ["logged"]},
+    "aggregates": {"jobq_claim_jobs": ["waited"],
+                   "jobq_finish_attempts": ["ran", "by_worker", "failures"]},
+    "counts": {},
+}
+"""What `--without` takes out of the claim and the finish; `counts` drops a trigger instead."""
+
+
+def _cut(definition: str, name: str) -> str:
+    """`definition` without its common table expression `name`: from the `),` that opens it
+    to the `)` that closes it (both at the functions' four-space indentation)."""
+    opening = f"\n    ), {name} AS ("
+    start = definition.find(opening)
+    if start < 0:
+        raise SystemExit(f"--without: no CTE {name!r} in the function; update WITHOUT")
+    return definition[:start] + definition[definition.index("\n    )", start + 1):]
+
+
+async def leave_out(url: str, parts: list[str]) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        cuts: dict[str, list[str]] = {}
+        for part in parts:
+            for function, names in WITHOUT[part].items():
+                cuts.setdefault(function, []).extend(names)
+        for function, names in cuts.items():
+            definition = await conn.fetchval(
+                "SELECT pg_get_functiondef(oid) FROM pg_proc WHERE proname = $1", function)
+            for name in names:
+                definition = _cut(definition, name)
+            await conn.execute(definition)
+        if "counts" in parts:
+            await conn.execute("DROP TRIGGER jobq_count_updated ON procrastinate_jobs")
+    finally:
+        await conn.close()
+    print(f"left out: {', '.join(parts)}")
 
 
 async def run(args: argparse.Namespace, url: str) -> None:
