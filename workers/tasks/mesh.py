@@ -1,7 +1,7 @@
 """`mesh.convert`: load the uploaded files, convert them in the sandbox, store the output.
 
 The conversion's code (trimesh, numpy) is imported only in the sandbox's child processes, never
-in the worker: a worker that converts nothing does not pay for it (`_convert_in_child`).
+in the worker: a worker that converts nothing does not pay for it (`convert_in_child`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ async def convert_mesh(run: JobRun, payload: ConvertPayload) -> dict[str, Any]:
         started = time.monotonic()
         try:
             path, filename, stats = await pool.run(
-                _convert_in_child, files, payload.format, payload.options, folder / "out",
+                convert_in_child, files, payload.format, payload.options, folder / "out",
                 timeout=run.timeout, on_progress=report)
         except sandbox.SandboxTimeout:
             raise errors.JobTimeout(run.timeout) from None
@@ -70,7 +70,7 @@ async def convert_mesh(run: JobRun, payload: ConvertPayload) -> dict[str, Any]:
     return stats
 
 
-def _convert_in_child(files: list[tuple[str, Path]], target: str, options: dict[str, Any],
+def convert_in_child(files: list[tuple[str, Path]], target: str, options: dict[str, Any],
                       out_dir: Path,
                       progress: Callable[[int, str], None]) -> tuple[Path, str, dict]:
     """In a sandbox child: the conversion (already imported there by the forkserver's
