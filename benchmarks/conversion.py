@@ -72,7 +72,9 @@ async def _through_queue(ctx: Context, mesh: bytes, count: int, workers: int) ->
             await worker.sighting(processes.JOBQ_REGISTERED, drain.START_TIMEOUT)
         async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as client:
             await processes.wait_http_ready(client, children[0])
-            await asyncio.sleep(2)  # the workers' conversion processes start warm
+            # The workers settle. Their forkserver starts with their first conversion, which
+            # waits for it: counted, as a user's first conversion waits too.
+            await asyncio.sleep(2)
             started = time.monotonic()
             for _ in range(count):
                 form = aiohttp.FormData({"format": "glb", "reuse": "false"})
