@@ -17,9 +17,8 @@ _show()
 
 
 def _run(args: list[str], cwd: Path) -> list[str]:
-    out = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
-                         timeout=120, check=True).stdout.splitlines()
-    return out
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, check=True).stdout.splitlines()
 
 
 def test_a_module_run_with_dash_m_is_its_own_source(tmp_path):
